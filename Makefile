@@ -1,0 +1,45 @@
+# avatar4d — the two commands of the README are `make demo` and `make test`.
+# Both set up .venv on first use (Python >= 3.10; the PyPI torch build runs on CPU too).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-unit test-integration lint bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP)  ## create .venv and install avatar4d with the pinned versions of constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)  ## the main job on the embedded default (tiny models, procedural head, no downloads)
+	$(BIN)/avatar4d demo --out outputs/demo
+
+test: $(STAMP)  ## the whole test suite (unit + integration), CPU only
+	$(BIN)/python -m pytest tests -q
+
+test-unit: $(STAMP)  ## fast unit tests
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: $(STAMP)  ## tests that start real Ray / DeepSpeed / Serve / MLflow
+	$(BIN)/python -m pytest tests/integration -q
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check avatar4d factory train serve cluster tests benchmarks
+
+bench: $(STAMP)  ## CPU benchmarks (reports go to benchmarks/results/)
+	$(BIN)/python benchmarks/raster.py
+
+lock: $(STAMP)  ## re-pin constraints.txt from the current environment
+	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^avatar4d'; } > constraints.tmp
+	mv constraints.tmp constraints.txt
+
+clean:  ## remove the environment and outputs
+	rm -rf $(VENV) outputs

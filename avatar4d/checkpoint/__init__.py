@@ -1,0 +1,11 @@
+"""Checkpoints: our safetensors + JSON format, and safe readers of third-party files."""
+
+from avatar4d.checkpoint.io import (
+    CheckpointError,
+    CheckpointInfo,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+
+__all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "load_state_dict_strict", "save_checkpoint"]

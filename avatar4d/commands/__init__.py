@@ -1,0 +1,1 @@
+"""Core sub-commands of the ``avatar4d`` CLI; each module has ``register(subparsers)``."""

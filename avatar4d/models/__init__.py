@@ -1,0 +1,1 @@
+"""Neural networks (single-device PyTorch; no torch.distributed, no Ray)."""
