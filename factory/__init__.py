@@ -1,1 +1,3 @@
-"""Ray data factory: per-domain 4D GAN actors mass-produce image–parametric-triplane pairs and multi-view sets into Lance datasets, exactly once."""
+"""Ray data factory: per-domain 4D GAN actors mass-produce image–parametric-triplane pairs and multi-
+view sets into Lance datasets, exactly once.
+"""

@@ -1,1 +1,3 @@
-"""Trainers on Ray Train + DeepSpeed, tracked in MLflow: per-domain GANs, the triplane VAE, the image-conditioned DiT and the motion-aware renderer."""
+"""Trainers on Ray Train + DeepSpeed, tracked in MLflow: per-domain GANs, the triplane VAE, the image-
+conditioned DiT and the motion-aware renderer.
+"""

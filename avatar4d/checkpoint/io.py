@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +157,8 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, Tensor], 
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    mismatched = sorted(k for k in set(own) & set(state_dict)
+                        if tuple(own[k].shape) != tuple(state_dict[k].shape))
     if missing or unexpected or mismatched:
         def head(names: list[str]) -> str:
             return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -79,7 +79,7 @@ def _roll_matrix(roll: Tensor) -> Tensor:
 def orbit_camera(yaw: Tensor | float, pitch: Tensor | float, roll: Tensor | float = 0.0, *,
                  radius: Tensor | float = DEFAULT_RADIUS,
                  pivot: Sequence[float] = DEFAULT_PIVOT,
-                 fov_degrees: float = DEFAULT_FOV_DEGREES) -> "Camera":
+                 fov_degrees: float = DEFAULT_FOV_DEGREES) -> Camera:
     """Cameras on a sphere around ``pivot`` looking at it, from yaw/pitch/roll in radians."""
     yaw_t, pitch_t, roll_t, radius_t = torch.broadcast_tensors(
         *(torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (yaw, pitch, roll, radius)))
@@ -119,7 +119,7 @@ class Camera:
         return torch.cat([self.cam2world.reshape(b, 16), self.intrinsics.reshape(b, 9)], dim=-1)
 
     @classmethod
-    def from_label(cls, label: Tensor) -> "Camera":
+    def from_label(cls, label: Tensor) -> Camera:
         """Inverse of :meth:`to_label`; accepts [25] or [B, 25] (extra leading columns, such as
         Next3D's conditioning prefix, are not accepted: pass the last 25)."""
         if label.ndim == 1:
@@ -141,16 +141,16 @@ class Camera:
     def __len__(self) -> int:
         return self.batch_size
 
-    def __getitem__(self, index) -> "Camera":
+    def __getitem__(self, index) -> Camera:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         return Camera(self.cam2world[index], self.intrinsics[index])
 
-    def to(self, *args, **kwargs) -> "Camera":
+    def to(self, *args, **kwargs) -> Camera:
         return Camera(self.cam2world.to(*args, **kwargs), self.intrinsics.to(*args, **kwargs))
 
     @staticmethod
-    def cat(cameras: Sequence["Camera"]) -> "Camera":
+    def cat(cameras: Sequence[Camera]) -> Camera:
         return Camera(torch.cat([c.cam2world for c in cameras]),
                       torch.cat([c.intrinsics for c in cameras]))
 

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (builders of synthetic files; no tests here)."""
