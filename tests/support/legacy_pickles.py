@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import pickle
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from tests.support.manifests import load_manifest
 
 NEXT3DPP_MANIFEST = "invertavatar_next3dpp.json"
 NEXT3D_MANIFEST = "next3d.json"
@@ -52,22 +53,8 @@ class {class_name}:
 '''
 
 
-def find_gan_manifest(name: str) -> Path | None:
-    """Locate ``reference/gan-release/<name>`` (env ``AVATAR4D_REFERENCE_DIR``, the checkout, /work/shared)."""
-    repo = Path(__file__).resolve().parents[2]
-    roots = [os.environ.get("AVATAR4D_REFERENCE_DIR"), repo / "reference", repo / "shared" / "reference",
-             repo.parent / "shared" / "reference", "/work/shared/reference"]
-    for root in roots:
-        if root and (Path(root) / "gan-release" / name).is_file():
-            return Path(root) / "gan-release" / name
-    return None
-
-
 def load_gan_manifest(name: str) -> dict[str, Any]:
-    path = find_gan_manifest(name)
-    if path is None:
-        raise FileNotFoundError(f"GAN manifest {name} not found (set AVATAR4D_REFERENCE_DIR)")
-    return json.loads(path.read_text())
+    return load_manifest(f"gan-release/{name}")
 
 
 # ----------------------------------------------------------------------------------------------

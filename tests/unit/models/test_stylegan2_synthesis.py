@@ -1,7 +1,4 @@
-import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,20 +13,14 @@ from avatar4d.models.stylegan2 import (
     ToRGBLayer,
     alpha_blend_hooks,
 )
+from tests.support.manifests import load_manifest
 
-MANIFEST_CANDIDATES = [
-    Path(os.environ.get("AVATAR4D_REFERENCE_DIR", "reference")) / "gan-release/invertavatar_next3dpp.json",
-    Path("/work/shared/reference/gan-release/invertavatar_next3dpp.json"),
-]
 # num_params_by_top_level_module of the released Next3D++ generator (manifest)
 PAPER_COUNTS = {"texture_backbone": 28_819_437, "face_backbone": 28_819_437, "backbone": 29_008_301}
 
 
 def _manifest() -> dict:
-    for path in MANIFEST_CANDIDATES:
-        if path.is_file():
-            return json.loads(path.read_text())
-    pytest.skip("gan-release manifest not available")
+    return load_manifest("gan-release/invertavatar_next3dpp.json")
 
 
 def _paper_backbone(img_channels: int) -> StyleGAN2Backbone:

@@ -1,16 +1,9 @@
-import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from avatar4d.models.superresolution import SUPERRESOLUTION_PRESETS, SuperResolutionConfig, SuperresolutionHybrid8XDC
-
-MANIFEST_CANDIDATES = [
-    Path(os.environ.get("AVATAR4D_REFERENCE_DIR", "reference")) / "gan-release/invertavatar_next3dpp.json",
-    Path("/work/shared/reference/gan-release/invertavatar_next3dpp.json"),
-]
+from tests.support.manifests import load_manifest
 
 
 def _paper() -> SuperresolutionHybrid8XDC:
@@ -36,10 +29,7 @@ def test_paper_sizes_and_parameter_count():
 
 
 def test_paper_state_dict_equals_release_manifest():
-    path = next((p for p in MANIFEST_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip("gan-release manifest not available")
-    manifest = json.loads(path.read_text())
+    manifest = load_manifest("gan-release/invertavatar_next3dpp.json")
     prefix = "superresolution."
     expected = [(k[len(prefix):], s) for k, s in manifest["tensors"] if k.startswith(prefix)]
     assert [(k, list(v.shape)) for k, v in _paper().state_dict().items()] == expected
