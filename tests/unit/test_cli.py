@@ -41,15 +41,36 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_demo_writes_a_png_grid(tmp_path):
+def test_demo_writes_procedural_and_generated_grids(tmp_path):
     from PIL import Image
 
-    assert main(["demo", "--out", str(tmp_path), "--identities", "1", "--cameras", "2", "--resolution", "48"]) == 0
-    image = Image.open(tmp_path / "procedural_heads.png")
-    # rows = identities × (neutral + each expression), columns = cameras; 2 px padding
-    from avatar4d.geometry.morphable import default_head_model
+    from avatar4d.commands.demo import DEMO_EXPRESSIONS
 
-    rows = 1 + len(default_head_model().expression_names)
-    assert image.size == (2 * 50 + 2, rows * 50 + 2)
-    pixels = image.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert len(pixels) > 50  # shaded, not blank
+    args = ["demo", "--out", str(tmp_path), "--identities", "2", "--cameras", "3", "--resolution", "48"]
+    assert main(args) == 0
+    rows = 2 * len(DEMO_EXPRESSIONS)  # identities × expressions; columns = cameras; 2 px padding
+    procedural = Image.open(tmp_path / "procedural_heads.png").convert("RGB")
+    assert procedural.size == (3 * 50 + 2, rows * 50 + 2)
+    assert len(procedural.getcolors(maxcolors=1 << 20)) > 50  # shaded, not blank
+    generated = Image.open(tmp_path / "generated_heads.png").convert("RGB")
+    assert generated.size == (3 * 66 + 2, rows * 66 + 2)  # tiny generator: 64 px images
+    assert len(generated.getcolors(maxcolors=1 << 20)) > 500
+    first = tmp_path / "first.png"
+    first.write_bytes((tmp_path / "generated_heads.png").read_bytes())
+    assert main(args) == 0  # seeded: the same images again
+    assert (tmp_path / "generated_heads.png").read_bytes() == first.read_bytes()
+
+
+def test_demo_loads_a_generator_checkpoint(tmp_path):
+    import torch
+
+    from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator
+    from avatar4d.models.next3d.checkpoint import save_generator
+
+    torch.manual_seed(3)
+    save_generator(tmp_path / "g", Next3DGenerator(GENERATOR_PRESETS.get("tiny")))
+    assert main(["demo", "--out", str(tmp_path / "o"), "--identities", "1", "--cameras", "1",
+                 "--resolution", "32", "--generator", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "o" / "generated_heads.png").is_file()
+    result = run_cli("demo", "--out", str(tmp_path / "o2"), "--generator", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "checkpoint folder not found" in result.stderr
