@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from avatar4d.errors import UserError
+from avatar4d.commands.placeholder import register_placeholder
 
 DESCRIPTION = (
     "Ray data factory: per-domain 4D GAN actors mass-produce image–parametric-triplane pairs "
@@ -16,12 +16,4 @@ DESCRIPTION = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "factory", help=DESCRIPTION.split(":")[0] + " (not built yet)",
-        description=DESCRIPTION + " Its commands land with the data-factory issue; until then this command says so.")
-    parser.set_defaults(handler=_not_built)
-
-
-def _not_built(_: argparse.Namespace) -> int:
-    raise UserError("`avatar4d factory` is not built yet: it lands with the data-factory issue "
-                    "(see the README's roadmap)")
+    register_placeholder(subparsers, "factory", DESCRIPTION, "the data-factory issue")

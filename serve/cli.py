@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from avatar4d.errors import UserError
+from avatar4d.commands.placeholder import register_placeholder
 
 DESCRIPTION = (
     "Ray Serve inference graph behind an HTTP API and a web page: portrait → triplane → frames "
@@ -16,12 +16,4 @@ DESCRIPTION = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve", help=DESCRIPTION.split(":")[0] + " (not built yet)",
-        description=DESCRIPTION + " Its commands land with the serving issue; until then this command says so.")
-    parser.set_defaults(handler=_not_built)
-
-
-def _not_built(_: argparse.Namespace) -> int:
-    raise UserError("`avatar4d serve` is not built yet: it lands with the serving issue "
-                    "(see the README's roadmap)")
+    register_placeholder(subparsers, "serve", DESCRIPTION, "the serving issue")

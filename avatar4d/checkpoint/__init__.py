@@ -3,9 +3,17 @@
 from avatar4d.checkpoint.io import (
     CheckpointError,
     CheckpointInfo,
+    file_sha256,
     load_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
 )
 
-__all__ = ["CheckpointError", "CheckpointInfo", "load_checkpoint", "load_state_dict_strict", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "file_sha256",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "save_checkpoint",
+]

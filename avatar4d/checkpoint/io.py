@@ -48,7 +48,9 @@ class CheckpointInfo:
     path: Path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    path = Path(path)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -81,7 +83,7 @@ def save_checkpoint(directory: str | Path, state_dict: Mapping[str, Tensor], *, 
             "component": component,
             "step": int(step),
             "config": config_dict,
-            "weights_sha256": _sha256(weights),
+            "weights_sha256": file_sha256(weights),
             "metadata": dict(metadata or {}),
             "avatar4d_version": __version__,
         }
@@ -143,7 +145,7 @@ def load_checkpoint(directory: str | Path, *, component: str | None = None, map_
     if component is not None and info.component != component:
         raise CheckpointError(f"{info.path} holds a {info.component!r} checkpoint, expected {component!r}")
     weights = info.path / WEIGHTS_FILE
-    if verify_hash and _sha256(weights) != info.weights_sha256:
+    if verify_hash and file_sha256(weights) != info.weights_sha256:
         raise CheckpointError(f"{weights} does not match the hash recorded in {INFO_FILE}: the file is damaged")
     try:
         state = load_file(str(weights), device=str(map_location))

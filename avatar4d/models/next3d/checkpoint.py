@@ -8,7 +8,6 @@ mapping is the identity), and writes an avatar4d checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from avatar4d.checkpoint import (
     CheckpointError,
     CheckpointInfo,
+    file_sha256,
     load_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
@@ -47,14 +47,6 @@ def load_generator(directory: str | Path, *, head: MorphableModel | None = None,
     return generator, info
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_next3d_pickle(source: str | Path, out: str | Path, *, preset: str = "paper",
                           key: str = "G_ema") -> CheckpointInfo:
     """Convert a released Next3D++ ``.pkl`` into an avatar4d generator checkpoint at ``out``."""
@@ -78,7 +70,7 @@ def convert_next3d_pickle(source: str | Path, out: str | Path, *, preset: str = 
     _check_keys(legacy.state_dict, expected, source)
     metadata = {
         "source_file": source.name,
-        "source_sha256": _file_sha256(source),
+        "source_sha256": file_sha256(source),
         "source_class": legacy.class_name,
         "source_key": key,
         "init_kwargs": to_plain(legacy.init_kwargs),

@@ -133,7 +133,10 @@ class Next3DGenerator(nn.Module):
         """ws [B, num_ws, w_dim], rendering camera, mesh vertices [B, V, 3] → images and triplanes."""
         triplane, texture_pyramid, static_pyramid = self.parametric_triplane(ws, noise_mode)
         uv_grid, face_mask = self.mesh_conditioner(vertices)  # [B, R, R, 2], [B, 1, R, R]
-        uv_grid = uv_grid.to(ws.dtype)
+        # The conditioning levels are prepared in (at least) float32 even under bf16 autocast: UVs
+        # need the precision, and antialiased resizing has no bf16 CPU kernel.
+        level_dtype = torch.promote_types(ws.dtype, torch.float32)
+        uv_grid = uv_grid.to(level_dtype)
         full_alpha, holes = fill_holes(face_mask)
         mouth = holes.clone()
         mouth_top = round(self.config.mouth_hole_top_rows * self.face_box.resolution / 256)
@@ -144,10 +147,11 @@ class Next3DGenerator(nn.Module):
         levels = []
         for texture_level, static_level in zip(texture_pyramid, static_pyramid):
             res = texture_level.shape[-1]
-            sampled = resize(F.grid_sample(texture_level, uv_grid, mode="bilinear", padding_mode="zeros",
-                                           align_corners=False), (res, res))  # [B, C_l, r, r]
+            sampled = F.grid_sample(texture_level.to(level_dtype), uv_grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)  # [B, C_l, R, R]
+            sampled = resize(sampled.to(level_dtype), (res, res))  # [B, C_l, r, r]
             alpha = resize(face_mask, (res, res))
-            static_crop = resize(self.face_box.crop(static_level), (res, res))
+            static_crop = resize(self.face_box.crop(static_level).to(level_dtype), (res, res))
             levels.append(torch.cat([sampled * alpha + static_crop * (1 - alpha), resize(cond_alpha, (res, res))], 1))
         hooks = alpha_blend_hooks(levels, self.config.backbone.pyramid_start, self.config.plane_resolution)
         face = self.face_backbone.synthesis(ws, block_hooks=hooks, noise_mode=noise_mode)  # [B, C, R, R]
