@@ -172,7 +172,8 @@ class Next3DGenerator(nn.Module):
         ``conditioning_camera`` (default: the rendering camera) conditions the mapping network, as
         EG3D's generator pose conditioning does.
         """
-        ws = self.mapping(z, conditioning_camera or camera, truncation_psi=truncation_psi,
-                          truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+        conditioning = camera if conditioning_camera is None else conditioning_camera
+        ws = self.mapping(z, conditioning, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                          update_emas=update_emas)
         return self.synthesis(ws, camera, vertices, noise_mode=noise_mode, neural_resolution=neural_resolution,
                               generator=generator)

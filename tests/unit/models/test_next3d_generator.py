@@ -31,6 +31,16 @@ def _generator(seed: int = 0, deterministic: bool = False) -> Next3DGenerator:
     return Next3DGenerator(_tiny_config(deterministic)).eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads stall whenever another
+    process holds a core (forward passes measured 10-50x slower), and results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def head():
     return default_head_model()
@@ -243,3 +253,15 @@ def test_a_custom_head_topology_is_used():
     with pytest.raises(ValueError):
         model(torch.randn(1, 64), PoseSampler().frontal(1), default_head_model().vertices(
             default_head_model().neutral_params(1)))
+
+
+def test_bf16_autocast_forward_stays_close_to_fp32(generator, head):
+    z, camera, vertices = _inputs(generator.config, head, batch=1, seed=4)
+    with torch.inference_mode():
+        full = generator(z, camera, vertices, generator=torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = generator(z, camera, vertices, generator=torch.Generator().manual_seed(0))
+    assert half.image.shape == full.image.shape and torch.isfinite(half.image).all()
+    assert half.planes.dtype == torch.float32  # the skip images stay float32
+    assert (half.image_raw.float() - full.image_raw).abs().mean() < 0.02
+    assert (half.image.float() - full.image).abs().mean() < 0.1
