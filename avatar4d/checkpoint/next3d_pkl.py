@@ -26,14 +26,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from avatar4d.checkpoint.legacy_pickle import (
-    LegacyPickleError,
-    PersistentStub,
-    PickleStub,
-    ReferenceStub,
-    load_legacy_pickle,
-    stub_state,
-)
+from avatar4d.checkpoint.legacy_pickle import LegacyPickleError, PersistentStub, load_legacy_pickle
+from avatar4d.checkpoint.safe_pickle import PickleStub, ReferenceStub, stub_state
 from avatar4d.rendering.planes import PLANE_CONVENTIONS, AxisPairs, axis_pairs_from_plane_axes
 
 logger = logging.getLogger(__name__)

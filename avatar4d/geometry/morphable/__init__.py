@@ -1,5 +1,6 @@
 """Morphable head models: the interface, the shipped procedural head, FLAME and FaceVerse loaders."""
 
+from avatar4d.checkpoint.safe_pickle import PickleReadError, UnsafePickleError
 from avatar4d.geometry.morphable.base import (
     NUM_LANDMARKS,
     FaceParams,
@@ -10,16 +11,12 @@ from avatar4d.geometry.morphable.base import (
 )
 from avatar4d.geometry.morphable.faceverse import FaceVerseConfig, FaceVerseModel, load_faceverse
 from avatar4d.geometry.morphable.flame import FlameConfig, FlameModel, load_flame
+from avatar4d.geometry.morphable.model_files import load_numpy_file_safely, load_pickle_safely
 from avatar4d.geometry.morphable.procedural import (
     PROCEDURAL_HEAD_PRESETS,
     ProceduralHead,
     ProceduralHeadConfig,
     default_head_model,
-)
-from avatar4d.geometry.morphable.safe_numpy_pickle import (
-    UnsafePickleError,
-    load_numpy_file_safely,
-    load_pickle_safely,
 )
 
 __all__ = [
@@ -27,5 +24,5 @@ __all__ = [
     "FaceVerseConfig", "FaceVerseModel", "load_faceverse",
     "FlameConfig", "FlameModel", "load_flame",
     "PROCEDURAL_HEAD_PRESETS", "ProceduralHead", "ProceduralHeadConfig", "default_head_model",
-    "UnsafePickleError", "load_numpy_file_safely", "load_pickle_safely",
+    "PickleReadError", "UnsafePickleError", "load_numpy_file_safely", "load_pickle_safely",
 ]

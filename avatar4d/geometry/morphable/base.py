@@ -14,10 +14,10 @@ Conventions:
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -120,10 +120,63 @@ def blendshape_offsets(basis: Tensor, coefficients: Tensor) -> Tensor:
     return (coefficients @ flat.T).reshape(coefficients.shape[0], num_vertices, 3)
 
 
-class MorphableModel(nn.Module, abc.ABC):
-    """Abstract morphable head model; topology, UVs and landmarks live in buffers (``.to`` works)."""
+class ModelConstant:
+    """A read-only model attribute backed by the constant ``_<name>`` (registered by
+    :meth:`MorphableModel.register_topology`). Reading it when the model file had none raises
+    ValueError with the message in the model's class attribute named by ``missing``."""
 
+    def __init__(self, doc: str, missing: str | None = None) -> None:
+        self.__doc__, self._missing = doc, missing
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, model: None, owner: type | None = None) -> ModelConstant: ...
+
+    @overload
+    def __get__(self, model: MorphableModel, owner: type | None = None) -> Tensor: ...
+
+    def __get__(self, model: MorphableModel | None, owner: type | None = None) -> Tensor | ModelConstant:
+        if model is None:
+            return self
+        value = getattr(model, f"_{self._name}")
+        if value is None:
+            message = getattr(model, self._missing) if self._missing else ""
+            raise ValueError(message or f"{type(model).__name__} has no {self._name}")
+        return value
+
+    def __set__(self, model: MorphableModel, value: Any) -> None:
+        raise AttributeError(f"{self._name} is read-only; models set it with register_topology()")
+
+
+def default_expression_names(count: int) -> list[str]:
+    """``expression_000``, ``expression_001``...: names of an unnamed expression basis."""
+    return [f"expression_{k:03d}" for k in range(count)]
+
+
+class MorphableModel(nn.Module):
+    """Morphable head model: a linear shape space (template + identity + expression blendshapes)
+    plus fixed topology, UVs and landmarks, all held as constants (``.to`` works).
+
+    Subclasses call :meth:`register_shape_space` and :meth:`register_topology` in ``__init__``
+    and override :meth:`vertices` when they add more than the blendshape sum (a jaw joint...).
+    """
+
+    template: Tensor  # [V, 3]
+    identity_basis: Tensor  # [V, 3, Ni]
+    expression_basis: Tensor  # [V, 3, Ne]
     expression_names: list[str]
+    supports_jaw: bool = True  # whether FaceParams.jaw moves vertices (FaceVerse has no jaw joint)
+    missing_uv_message: str = ""  # ValueError message when the model was loaded without UVs
+    missing_landmarks_message: str = ""  # ... without landmarks
+
+    faces = ModelConstant("LongTensor [F, 3], counter-clockwise seen from outside.")
+    uv_coords = ModelConstant("[T, 2] float UV coordinates in [0, 1] (v up).", missing="missing_uv_message")
+    uv_faces = ModelConstant("LongTensor [F, 3] indices into ``uv_coords``, one triangle per face.",
+                             missing="missing_uv_message")
+    landmark_indices = ModelConstant("LongTensor [68] vertex indices in the iBUG-68 layout.",
+                                     missing="missing_landmarks_message")
 
     def register_constant(self, name: str, value: Tensor | None) -> None:
         """A non-persistent buffer: it follows ``.to()`` but stays out of ``state_dict`` (model data
@@ -131,43 +184,31 @@ class MorphableModel(nn.Module, abc.ABC):
         our checkpoints)."""
         self.register_buffer(name, value, persistent=False)
 
-    # --- topology and atlas ----------------------------------------------------------------
-    @property
-    @abc.abstractmethod
-    def faces(self) -> Tensor:
-        """LongTensor [F, 3], counter-clockwise seen from outside."""
+    def register_shape_space(self, template: np.ndarray, identity_basis: np.ndarray,
+                             expression_basis: np.ndarray) -> None:
+        """Register the linear shape model as float32 constants: template [V, 3], identity basis
+        [V, 3, Ni] and expression basis [V, 3, Ne]."""
+        num_vertices = template.shape[0]
+        for name, value in (("identity_basis", identity_basis), ("expression_basis", expression_basis)):
+            if value.ndim != 3 or value.shape[:2] != (num_vertices, 3):
+                raise ValueError(f"{name} must be [{num_vertices}, 3, K], got {value.shape}")
+        for name, value in (("template", template), ("identity_basis", identity_basis),
+                            ("expression_basis", expression_basis)):
+            self.register_constant(name, torch.tensor(value, dtype=torch.float32))
 
-    @property
-    @abc.abstractmethod
-    def uv_coords(self) -> Tensor:
-        """[T, 2] float UV coordinates in [0, 1] (v up)."""
+    def register_topology(self, faces: np.ndarray, *, uv: tuple[np.ndarray, np.ndarray] | None = None,
+                          landmark_indices: np.ndarray | None = None) -> None:
+        """Register faces [F, 3], the UV atlas (uv_coords [T, 2], uv_faces [F, 3]) and the landmark
+        vertex indices [68]; a missing atlas or landmark set reads as the model's missing message."""
+        uv_coords, uv_faces = uv if uv is not None else (None, None)
+        for name, value, dtype in (("_faces", faces, torch.long), ("_uv_coords", uv_coords, torch.float32),
+                                   ("_uv_faces", uv_faces, torch.long),
+                                   ("_landmark_indices", landmark_indices, torch.long)):
+            self.register_constant(name, None if value is None else torch.tensor(value, dtype=dtype))
 
-    @property
-    @abc.abstractmethod
-    def uv_faces(self) -> Tensor:
-        """LongTensor [F, 3] indices into ``uv_coords``, one triangle per face."""
-
-    @property
-    @abc.abstractmethod
-    def landmark_indices(self) -> Tensor:
-        """LongTensor [68] vertex indices in the iBUG-68 layout."""
-
-    @property
-    @abc.abstractmethod
-    def num_vertices(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def identity_dim(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def expression_dim(self) -> int: ...
-
-    @property
-    def supports_jaw(self) -> bool:
-        """Whether ``FaceParams.jaw`` moves vertices (FaceVerse has no jaw joint)."""
-        return True
+    num_vertices = property(lambda self: self.template.shape[0], doc="V, the number of mesh vertices.")
+    identity_dim = property(lambda self: self.identity_basis.shape[2], doc="Ni, the identity coefficients.")
+    expression_dim = property(lambda self: self.expression_basis.shape[2], doc="Ne, the expression coefficients.")
 
     @property
     def device(self) -> torch.device:
@@ -179,9 +220,20 @@ class MorphableModel(nn.Module, abc.ABC):
         return next((b.dtype for b in self.buffers() if b.is_floating_point()), torch.float32)
 
     # --- evaluation ------------------------------------------------------------------------
-    @abc.abstractmethod
+    def prepare_params(self, params: FaceParams) -> FaceParams:
+        """``params`` checked against this model and moved to its device and float dtype."""
+        self.check_params(params)
+        return params.to(self.template.device, self.template.dtype)
+
+    def blend_shapes(self, params: FaceParams) -> Tensor:
+        """[B, V, 3] template + identity + expression blendshapes of prepared ``params``."""
+        return (self.template[None]  # [1, V, 3]
+                + blendshape_offsets(self.identity_basis, params.identity)  # [B, V, 3]
+                + blendshape_offsets(self.expression_basis, params.expression))
+
     def vertices(self, params: FaceParams) -> Tensor:
-        """Mesh vertices [B, V, 3] for the given coefficients."""
+        """Mesh vertices [B, V, 3] for the given coefficients (here: the blendshape sum)."""
+        return self.blend_shapes(self.prepare_params(params))
 
     def landmarks(self, vertices: Tensor) -> Tensor:
         """[B, 68, 3] landmark positions of vertices [B, V, 3]."""
@@ -206,6 +258,12 @@ class MorphableModel(nn.Module, abc.ABC):
         if self.supports_jaw:
             jaw[:, 0] = torch.rand(batch_size, generator=generator) * jaw_max
         return FaceParams(identity, expression, jaw).to(self.device, self.float_dtype)
+
+    def expression_index(self, name: str) -> int:
+        """Column of a named expression in ``FaceParams.expression``."""
+        if name not in self.expression_names:
+            raise ValueError(f"unknown expression {name!r}; choose from {self.expression_names}")
+        return self.expression_names.index(name)
 
     def check_params(self, params: FaceParams) -> None:
         """Raise ValueError if ``params`` do not match this model's dimensions."""

@@ -1,7 +1,7 @@
 """FaceVerse loader: ``faceverse_simple_v2.npy`` / ``faceverse_v3*.npy`` (an ``np.save``'d dict).
 
-The dict is read with the restricted unpickler (:mod:`safe_numpy_pickle`), never with
-``allow_pickle=True``. Keys used (as in LizhenWangT/FaceVerse ``FaceVerseModel``):
+The dict is read with the restricted unpickler (:mod:`~avatar4d.geometry.morphable.model_files`),
+never with ``allow_pickle=True``. Keys used (as in LizhenWangT/FaceVerse ``FaceVerseModel``):
 ``meanshape`` (3V values), ``idBase`` [3V, Ni], ``exBase`` [3V, Ne] (x, y, z interleaved per
 vertex), ``tri`` [F, 3]; UVs from ``uv`` + ``tri_uv`` (v3) or per-vertex ``uv_per_ver``;
 landmarks from ``keypoints`` (68 iBUG indices, or the 66-point layout of v2 that omits the inner
@@ -23,18 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from avatar4d.config import Config
 from avatar4d.geometry.morphable.base import (
     NUM_LANDMARKS,
-    FaceParams,
     MorphableModel,
-    blendshape_offsets,
+    default_expression_names,
     orient_faces_outward,
 )
-from avatar4d.geometry.morphable.safe_numpy_pickle import load_numpy_file_safely
+from avatar4d.geometry.morphable.model_files import load_numpy_file_safely
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +60,10 @@ def _keypoints_to_ibug68(keypoints: np.ndarray) -> np.ndarray | None:
 
 class FaceVerseModel(MorphableModel):
     """Linear FaceVerse shape model: mean + identity + expression blendshapes."""
+
+    supports_jaw = False  # no jaw joint: vertices() is the blendshape sum and ignores params.jaw
+    missing_uv_message = "this FaceVerse file has no UVs ('uv'/'tri_uv' or 'uv_per_ver')"
+    missing_landmarks_message = "this FaceVerse file has no 68/66-point 'keypoints'; pass landmark_indices"
 
     def __init__(self, data: dict[str, Any], config: FaceVerseConfig | None = None, *,
                  landmark_indices: np.ndarray | Tensor | None = None) -> None:
@@ -92,15 +94,7 @@ class FaceVerseModel(MorphableModel):
         uv, uv_faces = self._read_uv(data, faces)
         if flipped and uv_faces is not None:
             uv_faces = uv_faces[:, [0, 2, 1]]
-        as_float = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-        self.register_constant("template", as_float(mean))
-        self.register_constant("identity_basis", as_float(id_base))
-        self.register_constant("expression_basis", as_float(ex_base))
-        self.register_constant("_faces", torch.tensor(oriented, dtype=torch.long))
-        self._has_uv = uv is not None
-        self.register_constant("_uv_coords", as_float(uv if uv is not None else np.zeros((0, 2))))
-        self.register_constant("_uv_faces", torch.tensor(uv_faces if uv_faces is not None
-                                                       else np.zeros((0, 3), dtype=np.int64)))
+        self.register_shape_space(mean, id_base, ex_base)
         if landmark_indices is not None:
             landmarks = np.asarray(landmark_indices.cpu() if isinstance(landmark_indices, Tensor)
                                    else landmark_indices, dtype=np.int64).reshape(-1)
@@ -110,12 +104,9 @@ class FaceVerseModel(MorphableModel):
             landmarks = _keypoints_to_ibug68(data["keypoints"]) if "keypoints" in data else None
         if landmarks is not None and (landmarks.min() < 0 or landmarks.max() >= num_vertices):
             raise ValueError(f"FaceVerse landmark indices out of range for {num_vertices} vertices")
-        self._has_landmarks = landmarks is not None
-        self.register_constant("_landmark_indices", torch.tensor(
-            landmarks if landmarks is not None else np.zeros(0, dtype=np.int64), dtype=torch.long))
+        self.register_topology(oriented, uv=None if uv is None else (uv, uv_faces), landmark_indices=landmarks)
         names = [str(n) for n in data.get("exp_name_list", [])]
-        self.expression_names = names if len(names) == ex_base.shape[2] else [
-            f"expression_{k:03d}" for k in range(ex_base.shape[2])]
+        self.expression_names = names if len(names) == ex_base.shape[2] else default_expression_names(ex_base.shape[2])
 
     @staticmethod
     def _read_uv(data: dict[str, Any], faces: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -131,51 +122,6 @@ class FaceVerseModel(MorphableModel):
             raise ValueError("FaceVerse UV face indices out of range")
         return uv, uv_faces
 
-    @property
-    def faces(self) -> Tensor:
-        return self._faces
-
-    @property
-    def uv_coords(self) -> Tensor:
-        if not self._has_uv:
-            raise ValueError("this FaceVerse file has no UVs ('uv'/'tri_uv' or 'uv_per_ver')")
-        return self._uv_coords
-
-    @property
-    def uv_faces(self) -> Tensor:
-        if not self._has_uv:
-            raise ValueError("this FaceVerse file has no UVs ('uv'/'tri_uv' or 'uv_per_ver')")
-        return self._uv_faces
-
-    @property
-    def landmark_indices(self) -> Tensor:
-        if not self._has_landmarks:
-            raise ValueError("this FaceVerse file has no 68/66-point 'keypoints'; pass landmark_indices")
-        return self._landmark_indices
-
-    @property
-    def num_vertices(self) -> int:
-        return self.template.shape[0]
-
-    @property
-    def identity_dim(self) -> int:
-        return self.identity_basis.shape[2]
-
-    @property
-    def expression_dim(self) -> int:
-        return self.expression_basis.shape[2]
-
-    @property
-    def supports_jaw(self) -> bool:
-        return False
-
-    def vertices(self, params: FaceParams) -> Tensor:
-        """Mean + identity + expression blendshapes; ``params.jaw`` is ignored (no jaw joint)."""
-        self.check_params(params)
-        params = params.to(self.template.device, self.template.dtype)
-        return (self.template[None]  # [1, V, 3]
-                + blendshape_offsets(self.identity_basis, params.identity)  # [B, V, 3]
-                + blendshape_offsets(self.expression_basis, params.expression))
 
 
 def load_faceverse(path: str | Path, *, config: FaceVerseConfig | None = None,

@@ -1,8 +1,9 @@
 """FLAME 2020 loader: the user's ``generic_model.pkl`` (or an ``.npz`` with the same keys).
 
 The pickle (Python 2, chumpy ``Ch`` objects and scipy sparse matrices) is read with
-:mod:`safe_numpy_pickle`, which executes nothing. Keys used: ``v_template`` [V, 3], ``shapedirs``
-[V, 3, 400] (the first ``shape_basis_size`` = 300 columns are identity, the rest expression),
+:mod:`~avatar4d.geometry.morphable.model_files`, which executes nothing. Keys used:
+``v_template`` [V, 3], ``shapedirs`` [V, 3, 400] (the first ``shape_basis_size`` = 300 columns
+are identity, the rest expression),
 ``posedirs`` [V, 3, 9 (J - 1)], ``J_regressor`` [J, V], ``weights`` [V, J], ``kintree_table``
 [2, J], ``f`` [F, 3].
 
@@ -37,9 +38,10 @@ from avatar4d.geometry.morphable.base import (
     MorphableModel,
     axis_angle_to_matrix,
     blendshape_offsets,
+    default_expression_names,
     orient_faces_outward,
 )
-from avatar4d.geometry.morphable.safe_numpy_pickle import load_numpy_file_safely, load_pickle_safely
+from avatar4d.geometry.morphable.model_files import load_numpy_file_safely, load_pickle_safely
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ def _validated_arrays(data: dict[str, Any], config: FlameConfig) -> dict[str, np
 class FlameModel(MorphableModel):
     """FLAME with shape/expression blendshapes, jaw pose correctives and jaw skinning."""
 
+    missing_uv_message = "this FLAME model was loaded without UVs; pass texture_path (FLAME_texture.npz or an OBJ)"
+    missing_landmarks_message = "this FLAME model was loaded without landmarks; pass landmark_path or landmark_indices"
+
     def __init__(self, data: dict[str, Any], config: FlameConfig | None = None, *,
                  uv: tuple[np.ndarray, np.ndarray] | None = None,
                  landmarks: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None) -> None:
@@ -188,68 +193,25 @@ class FlameModel(MorphableModel):
         faces = orient_faces_outward(template, file_faces)
         as_float = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
         start, stop = config.shape_basis_size, config.shape_basis_size + config.num_expression
-        self.register_constant("template", as_float(template * scale + shift))
-        self.register_constant("shape_basis", as_float(shapedirs[:, :, :config.num_identity] * scale))
-        self.register_constant("expression_basis", as_float(shapedirs[:, :, start:stop] * scale))
+        self.register_shape_space(template * scale + shift, shapedirs[:, :, :config.num_identity] * scale,
+                                  shapedirs[:, :, start:stop] * scale)
         self.register_constant("pose_basis", as_float(arrays["posedirs"] * scale))
         self.register_constant("joint_regressor", as_float(arrays["J_regressor"]))
         self.register_constant("jaw_weights", as_float(arrays["weights"][:, sorted(jaw_subtree)].sum(axis=1)))
-        self.register_constant("_faces", torch.tensor(faces, dtype=torch.long))
-        self._has_uv = uv is not None
-        uv_coords, uv_faces = uv if uv is not None else (np.zeros((0, 2)), np.zeros((0, 3), dtype=np.int64))
-        if self._has_uv and not np.array_equal(faces, file_faces):
-            uv_faces = uv_faces[:, [0, 2, 1]]
-        self.register_constant("_uv_coords", as_float(uv_coords))
-        self.register_constant("_uv_faces", torch.tensor(uv_faces, dtype=torch.long))
-        self._has_landmarks = landmarks is not None
-        vertex_idx, face_idx, bary = landmarks if landmarks is not None else (np.zeros(0, dtype=np.int64), None, None)
-        self.register_constant("_landmark_indices", torch.tensor(vertex_idx, dtype=torch.long))
+        if uv is not None and not np.array_equal(faces, file_faces):
+            uv = (uv[0], uv[1][:, [0, 2, 1]])
+        vertex_idx, face_idx, bary = landmarks if landmarks is not None else (None, None, None)
+        self.register_topology(faces, uv=uv, landmark_indices=vertex_idx)
         self.register_constant("landmark_face_vertices",
                                None if face_idx is None else torch.tensor(file_faces[face_idx], dtype=torch.long))
         self.register_constant("landmark_barycentrics", None if bary is None else as_float(bary))
-        self.expression_names = [f"expression_{k:03d}" for k in range(config.num_expression)]
-
-    @property
-    def faces(self) -> Tensor:
-        return self._faces
-
-    @property
-    def uv_coords(self) -> Tensor:
-        if not self._has_uv:
-            raise ValueError("this FLAME model was loaded without UVs; pass texture_path (FLAME_texture.npz or an OBJ)")
-        return self._uv_coords
-
-    @property
-    def uv_faces(self) -> Tensor:
-        if not self._has_uv:
-            raise ValueError("this FLAME model was loaded without UVs; pass texture_path (FLAME_texture.npz or an OBJ)")
-        return self._uv_faces
-
-    @property
-    def landmark_indices(self) -> Tensor:
-        if not self._has_landmarks:
-            raise ValueError("this FLAME model was loaded without landmarks; pass landmark_path or landmark_indices")
-        return self._landmark_indices
-
-    @property
-    def num_vertices(self) -> int:
-        return self.template.shape[0]
-
-    @property
-    def identity_dim(self) -> int:
-        return self.shape_basis.shape[2]
-
-    @property
-    def expression_dim(self) -> int:
-        return self.expression_basis.shape[2]
+        self.expression_names = default_expression_names(config.num_expression)
 
     def vertices(self, params: FaceParams) -> Tensor:
-        self.check_params(params)
-        params = params.to(self.template.device, self.template.dtype)
+        """Blendshape sum, jaw pose correctives, then the jaw rotation skinned about its joint."""
+        params = self.prepare_params(params)
         batch = params.batch_size
-        shaped = (self.template[None]  # [1, V, 3]
-                  + blendshape_offsets(self.shape_basis, params.identity)  # [B, V, 3]
-                  + blendshape_offsets(self.expression_basis, params.expression))
+        shaped = self.blend_shapes(params)  # [B, V, 3]
         joints = torch.einsum("jv,bvc->bjc", self.joint_regressor, shaped)  # [B, J, 3]
         rotation = axis_angle_to_matrix(params.jaw)  # [B, 3, 3]
         eye = torch.eye(3, dtype=shaped.dtype, device=shaped.device)

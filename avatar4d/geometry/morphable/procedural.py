@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from avatar4d.config import Config, PresetRegistry
-from avatar4d.geometry.morphable.base import FaceParams, MorphableModel, axis_angle_to_matrix, blendshape_offsets
+from avatar4d.geometry.morphable.base import FaceParams, MorphableModel, axis_angle_to_matrix
 from avatar4d.geometry.morphable.landmarks import pick_landmark_vertices
 from avatar4d.geometry.morphable.procedural_bases import (
     EXPRESSION_NAMES,
@@ -127,49 +127,16 @@ class ProceduralHead(MorphableModel):
         self.config = config or ProceduralHeadConfig()
         arrays = build_procedural_head_arrays(self.config.longitude_segments, self.config.latitude_rings)
         as_float = functools.partial(torch.tensor, dtype=torch.float32)
-        self.register_constant("template", as_float(arrays.template))
-        self.register_constant("identity_basis", as_float(arrays.identity_basis))
-        self.register_constant("expression_basis", as_float(arrays.expression_basis))
+        self.register_shape_space(arrays.template, arrays.identity_basis, arrays.expression_basis)
         self.register_constant("jaw_weights", as_float(arrays.jaw_weights))
         self.register_constant("jaw_pivot", as_float(arrays.jaw_pivot))
-        self.register_constant("_faces", torch.tensor(arrays.faces, dtype=torch.long))
-        self.register_constant("_uv_coords", as_float(arrays.uv_coords))
-        self.register_constant("_uv_faces", torch.tensor(arrays.uv_faces, dtype=torch.long))
-        self.register_constant("_landmark_indices", torch.tensor(arrays.landmark_indices, dtype=torch.long))
+        self.register_topology(arrays.faces, uv=(arrays.uv_coords, arrays.uv_faces),
+                               landmark_indices=arrays.landmark_indices)
         self.region_names = sorted(arrays.region_masks)
         for name in self.region_names:
             self.register_constant(f"_region_{name}", torch.tensor(arrays.region_masks[name], dtype=torch.bool))
         self.identity_names = list(IDENTITY_NAMES)
         self.expression_names = list(EXPRESSION_NAMES)
-
-    # --- MorphableModel properties ------------------------------------------------------------
-    @property
-    def faces(self) -> Tensor:
-        return self._faces
-
-    @property
-    def uv_coords(self) -> Tensor:
-        return self._uv_coords
-
-    @property
-    def uv_faces(self) -> Tensor:
-        return self._uv_faces
-
-    @property
-    def landmark_indices(self) -> Tensor:
-        return self._landmark_indices
-
-    @property
-    def num_vertices(self) -> int:
-        return self.template.shape[0]
-
-    @property
-    def identity_dim(self) -> int:
-        return self.identity_basis.shape[2]
-
-    @property
-    def expression_dim(self) -> int:
-        return self.expression_basis.shape[2]
 
     @property
     def region_masks(self) -> dict[str, Tensor]:
@@ -177,20 +144,11 @@ class ProceduralHead(MorphableModel):
         right_brow, back (left/right are the subject's; left is +x)."""
         return {name: getattr(self, f"_region_{name}") for name in self.region_names}
 
-    def expression_index(self, name: str) -> int:
-        """Column of a named expression in ``FaceParams.expression``."""
-        if name not in self.expression_names:
-            raise ValueError(f"unknown expression {name!r}; choose from {self.expression_names}")
-        return self.expression_names.index(name)
-
     # --- evaluation ---------------------------------------------------------------------------
     def vertices(self, params: FaceParams) -> Tensor:
         """Template + identity + expression blendshapes, then the jaw rotation about its hinge."""
-        self.check_params(params)
-        params = params.to(self.template.device, self.template.dtype)
-        verts = (self.template[None]  # [1, V, 3]
-                 + blendshape_offsets(self.identity_basis, params.identity)  # [B, V, 3]
-                 + blendshape_offsets(self.expression_basis, params.expression))
+        params = self.prepare_params(params)
+        verts = self.blend_shapes(params)  # [B, V, 3]
         rotation = axis_angle_to_matrix(params.jaw)  # [B, 3, 3]
         eye = torch.eye(3, dtype=verts.dtype, device=verts.device)
         relative = verts - self.jaw_pivot  # [B, V, 3]

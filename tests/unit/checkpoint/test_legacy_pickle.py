@@ -101,11 +101,11 @@ def test_persistent_objects_become_stubs_and_module_src_never_runs(tmp_path):
 
 
 def test_synthetic_release_requests_the_globals_the_release_uses(tmp_path, monkeypatch):
-    from avatar4d.checkpoint import legacy_pickle
+    from avatar4d.checkpoint import safe_pickle
 
     requested = []
-    original = legacy_pickle._RestrictedUnpickler.find_class
-    monkeypatch.setattr(legacy_pickle._RestrictedUnpickler, "find_class",
+    original = safe_pickle.RestrictedUnpickler.find_class
+    monkeypatch.setattr(safe_pickle.RestrictedUnpickler, "find_class",
                         lambda self, module, name: requested.append(f"{module}.{name}") or original(self, module, name))
     for name in (NEXT3DPP_MANIFEST, NEXT3D_MANIFEST):
         manifest = _manifest(name)

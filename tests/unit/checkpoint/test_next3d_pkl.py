@@ -153,14 +153,11 @@ def test_files_without_a_usable_generator_raise_clear_errors(tmp_path):
     listing.write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(Next3DPickleError, match="top-level object is a list"):
         read_next3d_pickle(listing)
-    empty = tmp_path / "empty.pkl"
-    empty.write_bytes(b"")
-    with pytest.raises(LegacyPickleError, match="is empty"):
-        read_next3d_pickle(empty)
-    noise = tmp_path / "noise.pkl"
-    noise.write_bytes(np.random.default_rng(1).bytes(10_000))
-    with pytest.raises(LegacyPickleError, match="noise.pkl"):
-        read_next3d_pickle(noise)
+    for file_name, content, message in (("empty.pkl", b"", "is empty"),
+                                        ("noise.pkl", np.random.default_rng(1).bytes(10_000), "noise.pkl")):
+        (tmp_path / file_name).write_bytes(content)
+        with pytest.raises(LegacyPickleError, match=message):  # reader errors come through unchanged
+            read_next3d_pickle(tmp_path / file_name)
 
 
 def test_plane_convention_inference_from_matrices():

@@ -9,6 +9,7 @@ import torch
 from avatar4d.geometry.mesh import face_normals
 from avatar4d.geometry.morphable import (
     FaceParams,
+    MorphableModel,
     axis_angle_to_matrix,
     default_head_model,
     orient_faces_outward,
@@ -92,3 +93,39 @@ def test_save_obj(tmp_path):
         save_obj(tmp_path / "bad.obj", verts[0], head.faces, head.uv_coords)
     with pytest.raises(ValueError, match="one mesh"):
         save_obj(tmp_path / "bad.obj", verts.expand(2, -1, -1), head.faces)
+
+
+class _Tetrahedron(MorphableModel):
+    """The smallest linear model: 4 vertices, 2 identity and 1 expression components, no UVs."""
+
+    missing_landmarks_message = "tetrahedra have no landmarks"
+
+    def __init__(self) -> None:
+        super().__init__()
+        template = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        basis = np.arange(4 * 3 * 3, dtype=np.float64).reshape(4, 3, 3) / 10
+        self.register_shape_space(template, basis[:, :, :2], basis[:, :, 2:])
+        self.register_topology(np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]]))
+        self.expression_names = ["puff"]
+
+
+def test_base_model_derives_sizes_vertices_and_missing_data_from_its_constants():
+    model = _Tetrahedron().to(torch.float64)
+    assert (model.num_vertices, model.identity_dim, model.expression_dim) == (4, 2, 1)
+    assert model.faces.dtype == torch.long and model.float_dtype == torch.float64 and model.supports_jaw
+    params = FaceParams(torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5]]), torch.zeros(1, 3))
+    basis = np.arange(36, dtype=np.float64).reshape(4, 3, 3) / 10
+    expected = model.template.numpy() + basis[:, :, 0] - 2.0 * basis[:, :, 1] + 0.5 * basis[:, :, 2]
+    np.testing.assert_allclose(model.vertices(params)[0].numpy(), expected, atol=1e-6)
+    assert model.expression_index("puff") == 0
+    with pytest.raises(ValueError, match="unknown expression 'smile'"):
+        model.expression_index("smile")
+    with pytest.raises(ValueError, match="_Tetrahedron has no uv_coords"):
+        _ = model.uv_coords
+    with pytest.raises(ValueError, match="tetrahedra have no landmarks"):
+        model.landmarks(model.vertices(params))
+    with pytest.raises(AttributeError, match="read-only"):
+        model.faces = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"identity_basis must be \[4, 3, K\]"):
+        _Tetrahedron().register_shape_space(np.zeros((4, 3)), np.zeros((5, 3, 1)), np.zeros((4, 3, 1)))
+    assert set(model.state_dict()) == set()  # model data stays out of checkpoints

@@ -1,4 +1,5 @@
-"""The restricted unpickler: numpy / sparse / chumpy state comes back, anything else is refused."""
+"""Model files through the shared restricted unpickler: numpy / sparse / chumpy state comes back,
+anything else is refused."""
 
 import io
 import os
@@ -7,11 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from avatar4d.geometry.morphable.safe_numpy_pickle import (
-    UnsafePickleError,
-    load_numpy_file_safely,
-    load_pickle_safely,
-)
+from avatar4d.checkpoint.safe_pickle import PickleReadError, UnsafePickleError
+from avatar4d.geometry.morphable.model_files import load_numpy_file_safely, load_pickle_safely
 
 
 def _global(module: str, name: str) -> bytes:
@@ -78,9 +76,9 @@ def test_chumpy_state_becomes_its_array():
 
 
 def test_garbage_is_a_clear_error():
-    with pytest.raises(UnsafePickleError):
+    with pytest.raises(PickleReadError, match="not a readable pickle"):
         load_pickle_safely(b"not a pickle at all")
-    with pytest.raises(UnsafePickleError):
+    with pytest.raises(PickleReadError, match="truncated|end of data"):
         load_pickle_safely(io.BytesIO(pickle.dumps([1, 2])[:-3]))
 
 
@@ -98,3 +96,32 @@ def test_npy_and_npz_files(tmp_path):
         load_numpy_file_safely(tmp_path / "text.npy")
     with pytest.raises(ValueError, match="not found"):
         load_numpy_file_safely(tmp_path / "missing.npy")
+
+
+def _py2_str(raw: bytes) -> bytes:
+    return b"U" + bytes([len(raw)]) + raw  # SHORT_BINSTRING: a Python-2 str
+
+
+def _py2_object(module: str, name: str, state: dict) -> bytes:
+    """NEWOBJ of module.name plus a BUILD with ``state`` (str keys written the Python-2 way)."""
+    items = b"".join(_py2_str(key.encode()) + pickle.dumps(value, protocol=2)[2:-1] for key, value in state.items())
+    return _global(module, name) + b")\x81}(" + items + b"ub"
+
+
+def test_python2_chumpy_and_sparse_state_becomes_dense_arrays():
+    crafted = (b"\x80\x02}(" + _py2_str(b"caf\xe9") + _py2_object("chumpy.ch", "Ch", {"x": [1.0, 2.0]})
+               + _py2_str(b"coo") + _py2_object("scipy.sparse.coo", "coo_matrix",
+                                                {"_shape": (2, 3), "data": [5.0, 7.0], "row": [1, 0], "col": [0, 2]})
+               + _py2_str(b"csr") + _py2_object("scipy.sparse._csr", "csr_matrix",
+                                                {"_shape": (2, 2), "data": [4.0], "indices": [1], "indptr": [0, 0, 1]})
+               + b"u.")
+    loaded = load_pickle_safely(crafted)
+    assert sorted(loaded) == ["café", "coo", "csr"]  # latin-1 decoded Python-2 strings
+    np.testing.assert_array_equal(loaded["café"], [1.0, 2.0])
+    np.testing.assert_array_equal(loaded["coo"], [[0.0, 0.0, 7.0], [5.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(loaded["csr"], [[0.0, 0.0], [0.0, 4.0]])
+    with pytest.raises(UnsafePickleError, match="plausible"):
+        load_pickle_safely(b"\x80\x02" + _py2_object("scipy.sparse.csc", "csc_matrix",
+                                                      {"_shape": (10**6, 10**6), "data": []}) + b".")
+    with pytest.raises(PickleReadError, match="no 'x'"):
+        load_pickle_safely(b"\x80\x02" + _py2_object("chumpy.ch", "Ch", {"y": 1}) + b".")
