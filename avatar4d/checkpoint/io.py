@@ -76,7 +76,9 @@ def save_checkpoint(directory: str | Path, state_dict: Mapping[str, Tensor], *, 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         weights = staging / WEIGHTS_FILE
-        save_file(tensors, str(weights), metadata={"format": FORMAT_NAME, "component": component})
+        # one metadata entry only: safetensors writes a multi-key metadata map in hash order, which
+        # would make the bytes (and the recorded hash) of identical weights differ between runs
+        save_file(tensors, str(weights), metadata={"format": f"{FORMAT_NAME}/{component}"})
         info = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -89,3 +89,17 @@ def test_strict_loading_lists_missing_unexpected_and_mis_shaped_keys():
 def test_non_tensor_entries_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a tensor"):
         save_checkpoint(tmp_path / "c", {"w": [1, 2]}, component="t", config={})
+
+
+def test_identical_weights_give_identical_files_in_every_process(tmp_path):
+    """The recorded hash names a generator in dataset rows: it must not depend on the process
+    (safetensors writes multi-key metadata in hash-randomised order)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from avatar4d.checkpoint import save_checkpoint; "
+            "print(save_checkpoint(sys.argv[1], {'w': torch.arange(4.0)}, component='g', config={}).weights_sha256)")
+    hashes = {subprocess.run([sys.executable, "-c", code, str(tmp_path / f"c{i}")], capture_output=True, text=True,
+                             check=True, env={"PYTHONHASHSEED": str(i), **__import__("os").environ}).stdout
+              for i in range(3)}
+    assert len(hashes) == 1

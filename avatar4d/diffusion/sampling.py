@@ -1,0 +1,177 @@
+"""One small sampling loop over diffusers' schedulers, with classifier-free guidance.
+
+The solvers are diffusers' (``set_timesteps``/``step``): ``DPMSolverMultistepScheduler`` in
+DPM-Solver++ mode (the paper's 19 steps), ``DDIMScheduler`` (η = 0) and ``DDPMScheduler`` with
+IDDPM's ``learned_range`` variance. Each is configured from the training :class:`DiffusionConfig`
+(linear betas, 1000 steps, ε-prediction, no clipping of x̂_0: latents are not bounded).
+diffusers is imported inside the functions so ``avatar4d`` imports with torch alone.
+
+Timestep spacing: DPM-Solver++ uses diffusers' default ``linspace`` (999 … down to the last
+step, final σ = 0); DDPM uses ``linspace`` too (999 … 0, IDDPM's respacing, no noise added at the
+last step); DDIM uses ``leading`` (t = k·⌊T/n⌋), the only spacing whose steps agree with
+``DDIMScheduler.step``'s fixed ``t - ⌊T/n⌋`` previous timestep for every n.
+
+Guidance (DiT's ``forward_with_cfg``): conditional and unconditional inputs go through the network
+as one batch of 2B; ``ε = ε_u + s·(ε_c - ε_u)``; the variance values are the conditional ones. At
+``s = 1`` only the conditional pass runs, so the result equals unguided sampling exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from avatar4d.config import Config, ConfigError
+from avatar4d.diffusion.objective import ModelFn
+from avatar4d.diffusion.schedule import DiffusionConfig
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")
+
+
+@dataclasses.dataclass
+class SamplingConfig(Config):
+    """Inference defaults of the paper: DPM-Solver++ with 19 steps and guidance 4.5."""
+
+    scheduler: str = "dpmsolver++"
+    steps: int = 19
+    guidance_scale: float = 4.5
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose from {list(SCHEDULERS)}")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+
+
+def make_scheduler(name: str, diffusion: DiffusionConfig | None = None, *, learned_variance: bool = True) -> Any:
+    """A diffusers scheduler named ``name`` matching the training schedule of ``diffusion``.
+
+    ``learned_variance`` only matters for ``"ddpm"``: ``learned_range`` (the network's variance
+    channels are used) or IDDPM's ``fixed_small`` (β̃_t) for an ε-only network.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose from {list(SCHEDULERS)}")
+    diffusion = diffusion or DiffusionConfig()
+    beta_start, beta_end = diffusion.scaled_beta_range
+    common: dict[str, Any] = dict(
+        num_train_timesteps=diffusion.num_timesteps,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+    )
+    import diffusers  # lazy: the core package must import without diffusers
+
+    if name == "dpmsolver++":
+        return diffusers.DPMSolverMultistepScheduler(
+            **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace"
+        )
+    if name == "ddim":
+        return diffusers.DDIMScheduler(
+            **common, clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
+        )
+    variance_type = "learned_range" if learned_variance else "fixed_small"
+    return diffusers.DDPMScheduler(
+        **common, variance_type=variance_type, clip_sample=False, timestep_spacing="linspace"
+    )
+
+
+def guided_output(
+    out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float, channels: int
+) -> torch.Tensor:
+    """Classifier-free guidance on the first ``channels`` (ε): ``ε_u + s·(ε_c - ε_u)``; the rest is ``out_cond``'s."""
+    eps_cond, rest = out_cond[:, :channels], out_cond[:, channels:]
+    eps_uncond = out_uncond[:, :channels]
+    return torch.cat([eps_uncond + guidance_scale * (eps_cond - eps_uncond), rest], dim=1)
+
+
+def _batched_conditions(cond: Mapping[str, Any], uncond: Mapping[str, Any], batch: int) -> dict[str, Any]:
+    """Stack ``cond`` over ``uncond`` along the batch (uncond rows of batch 1 are expanded)."""
+    if set(cond) != set(uncond):
+        raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
+    stacked: dict[str, Any] = {}
+    for key, value in cond.items():
+        null = uncond[key]
+        if not isinstance(value, torch.Tensor):
+            if value != null:
+                raise ValueError(f"non-tensor condition {key!r} differs between cond and uncond")
+            stacked[key] = value
+            continue
+        if value.shape[0] != batch or null.shape[0] not in (1, batch) or null.shape[1:] != value.shape[1:]:
+            raise ValueError(
+                f"condition {key!r}: cond {list(value.shape)} / uncond {list(null.shape)} do not fit batch {batch}"
+            )
+        stacked[key] = torch.cat([value, null.to(value).expand_as(value)], dim=0)
+    return stacked
+
+
+@torch.no_grad()
+def sample(
+    model_fn: ModelFn,
+    shape: tuple[int, ...] | torch.Size,
+    *,
+    scheduler: str = "dpmsolver++",
+    steps: int = 19,
+    guidance_scale: float = 4.5,
+    generator: torch.Generator | None = None,
+    cond: Mapping[str, Any] | None = None,
+    uncond: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    diffusion: DiffusionConfig | None = None,
+) -> torch.Tensor:
+    """Draw ``x_0`` of ``shape`` [B, C, ...] by running ``model_fn`` through a diffusers scheduler.
+
+    ``model_fn(x_t, t [B] long, **cond)`` returns ε̂ ``[B, C, ...]`` or ε̂ ++ variance values
+    ``[B, 2C, ...]``. ``guidance_scale != 1`` needs ``uncond`` (same keys as ``cond``; tensors of
+    batch B or 1). ``generator`` draws the initial noise (and DDPM's noise); its device is used
+    for drawing. Returns a float32 tensor on ``device``.
+    """
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose from {list(SCHEDULERS)}")
+    diffusion = diffusion or DiffusionConfig()
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be [B, C, ...] with positive sizes, got {list(shape)}")
+    if not 1 <= steps <= diffusion.num_timesteps:
+        raise ValueError(f"steps must be in [1, {diffusion.num_timesteps}], got {steps}")
+    guided = guidance_scale != 1.0
+    if guided and uncond is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs uncond (or use guidance_scale=1)")
+    batch, channels = shape[0], shape[1]
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cond = dict(cond or {})
+    model_kwargs = _batched_conditions(cond, uncond, batch) if guided else cond  # type: ignore[arg-type]
+
+    solver = make_scheduler(scheduler, diffusion)
+    solver.set_timesteps(steps, device=device)
+    draw_device = generator.device if generator is not None else device
+    x = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    x = x * solver.init_noise_sigma  # [B, C, ...]
+    logger.debug("sampling %s with %s, %d steps, guidance %.3g", list(shape), scheduler, steps, guidance_scale)
+
+    passes = 2 if guided else 1
+    for index, timestep in enumerate(solver.timesteps):
+        x_in = solver.scale_model_input(x, timestep)  # [B, C, ...]
+        t_in = timestep.reshape(1).to(device=device, dtype=torch.long).repeat(passes * batch)  # [passes*B]
+        x_in = torch.cat([x_in] * passes, dim=0) if guided else x_in  # [passes*B, C, ...]
+        out = model_fn(x_in, t_in, **model_kwargs).float()  # [passes*B, C or 2C, ...]
+        if out.shape[0] != passes * batch or out.shape[1] not in (channels, 2 * channels) or out.shape[2:] != shape[2:]:
+            raise ValueError(f"model output {list(out.shape)} does not fit input {list(x_in.shape)} (C or 2C channels)")
+        if guided:
+            out = guided_output(out[:batch], out[batch:], guidance_scale, channels)  # [B, C or 2C, ...]
+        learned_variance = out.shape[1] == 2 * channels
+        if scheduler == "ddpm":
+            if index == 0 and not learned_variance:
+                solver = make_scheduler("ddpm", diffusion, learned_variance=False)
+                solver.set_timesteps(steps, device=device)
+            model_output = out  # ε ++ v for learned_range
+        else:
+            model_output = out[:, :channels]  # ε only
+        x = solver.step(model_output, timestep, x, generator=generator).prev_sample
+    return x

@@ -1,0 +1,122 @@
+"""Per-domain generator checkpoints.
+
+A domain's generator is its fine-tuned checkpoint when the catalog names one; otherwise a tiny
+(or any preset) randomly initialised Next3D generator seeded by the domain name, saved once with
+:func:`~avatar4d.models.next3d.checkpoint.save_generator` into the cache folder, so stages load
+both kinds through the same :func:`~avatar4d.models.next3d.checkpoint.load_generator` path. The
+random weights depend only on the domain name and the preset: the same name gives bit-identical
+weights (and the same ``weights_sha256``) on every machine with the same torch version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import torch
+
+from avatar4d.checkpoint.io import CheckpointError, CheckpointInfo, read_checkpoint_info
+from avatar4d.errors import UserError
+from avatar4d.geometry.camera import PoseSampler, PoseSamplerConfig
+from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator
+from avatar4d.models.next3d.checkpoint import COMPONENT, save_generator
+from factory.domains import DomainSpec
+from factory.stages.common import fixed_threads
+
+logger = logging.getLogger(__name__)
+
+RANDOM_INIT_ORIGIN = "random-init"
+W_AVG_SAMPLES = 1024
+
+
+class GeneratorCheckpointError(UserError):
+    """A domain's generator checkpoint is missing or does not fit."""
+
+
+_INIT_LOCK = threading.Lock()
+
+
+def seed_from_name(name: str) -> int:
+    """63-bit seed of a domain's random initialisation (BLAKE2b of the name)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8, person=b"avatar4d-domain").digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@torch.no_grad()
+def _estimate_w_avg(generator: Next3DGenerator, seed: int, samples: int = W_AVG_SAMPLES) -> None:
+    """Set the mapping's ``w_avg`` (truncation centre) to the mean w over seeded z and FFHQ-like
+    cameras, as training's moving average would; a freshly initialised GAN has ``w_avg = 0``."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, generator.config.backbone.z_dim, generator=gen)
+    camera = PoseSampler(PoseSamplerConfig(distribution="gaussian")).sample(samples, gen).camera
+    # one thread and a float64 mean: the result must not depend on the machine's load or core count
+    with fixed_threads("cpu", 1):
+        ws = generator.mapping(z, camera)  # [N, num_ws, w_dim]
+        generator.backbone.mapping.w_avg.copy_(ws[:, 0].double().mean(dim=0).float())
+
+
+def build_random_generator(name: str, preset: str = "tiny") -> Next3DGenerator:
+    """The randomly initialised generator of domain ``name`` (CPU; global RNG state untouched)."""
+    seed = seed_from_name(name)
+    # torch's global RNG seeds the initialisation: threads building generators at the same time
+    # would interleave their draws, so construction is serialised
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Next3DGenerator(GENERATOR_PRESETS.get(preset))
+    _estimate_w_avg(generator, seed)
+    return generator.eval()
+
+
+def _check_existing(path: Path, domain: DomainSpec, preset: str) -> CheckpointInfo:
+    try:
+        info = read_checkpoint_info(path)
+    except CheckpointError as exc:
+        raise GeneratorCheckpointError(f"domain {domain.name}: {exc}") from None
+    if info.component != COMPONENT:
+        raise GeneratorCheckpointError(f"domain {domain.name}: {path} holds a {info.component}, not a generator")
+    made_with = info.metadata.get("preset")
+    if info.metadata.get("origin") == RANDOM_INIT_ORIGIN and made_with != preset:
+        raise GeneratorCheckpointError(f"domain {domain.name}: {path} holds a {made_with!r} random generator, "
+                                       f"this run wants {preset!r}; use another cache folder")
+    return info
+
+
+def ensure_domain_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny") -> Path:
+    """The checkpoint folder of ``domain``'s generator, creating the random one if needed.
+
+    ``domain.generator_checkpoint`` must exist when set. Otherwise ``cache_dir/<name>`` is created
+    once: written to a private staging folder and renamed into place, so concurrent callers (several
+    actors of one domain) never see half a checkpoint and the first rename wins.
+    """
+    if domain.generator_checkpoint:
+        path = Path(domain.generator_checkpoint).expanduser()
+        if not path.is_dir():
+            raise GeneratorCheckpointError(f"domain {domain.name}: generator checkpoint not found: {path}")
+        _check_existing(path, domain, preset)
+        return path
+    GENERATOR_PRESETS.get(preset)  # unknown preset → ConfigError before any work
+    cache_dir = Path(cache_dir).expanduser()
+    target = cache_dir / domain.name
+    if target.is_dir():
+        _check_existing(target, domain, preset)
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = cache_dir / f".{domain.name}.{uuid.uuid4().hex}.staging"
+    generator = build_random_generator(domain.name, preset)
+    save_generator(staging, generator, metadata={"domain": domain.name, "origin": RANDOM_INIT_ORIGIN,
+                                                 "preset": preset, "seed": seed_from_name(domain.name)})
+    try:
+        os.rename(staging, target)
+        logger.info("created the random %s generator of domain %s in %s", preset, domain.name, target)
+    except OSError:
+        if not target.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # another process won the race; its weights are identical
+    _check_existing(target, domain, preset)
+    return target
