@@ -9,7 +9,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert released checkpoints (Next3D++ .pkl, ...) to avatar4d format",
+        "convert", help="convert released checkpoints (Next3D++ .pkl, AvatarArtist DiT/VAE) to avatar4d format",
         description="Convert released checkpoints into avatar4d checkpoints (a folder with model.safetensors "
                     "and checkpoint.json). Third-party pickles are read by a restricted unpickler that never "
                     "imports or runs the code they embed.")
@@ -28,10 +28,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     next3d.add_argument("--preset", default="paper", help="generator preset the weights must fit")
     next3d.set_defaults(handler=_convert_next3d)
 
+    release = formats.add_parser(
+        "avatarartist", help="the released AvatarArtist DiT and/or triplane VAE",
+        description="Convert AvatarArtist's released inference weights: the DiT (`DiT.pth`, its EMA weights are "
+                    "used) into OUT/dit and the triplane VAE (`pytorch_model.bin` of checkpoint-VAE, with the "
+                    "optional `final_mean.pt`/`final_std.pt` triplane statistics) into OUT/vae. Keys and shapes are "
+                    "checked against the `paper` presets; files are read with torch.load(weights_only=True).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    release.add_argument("--dit", type=Path, default=None, help="DiT.pth")
+    release.add_argument("--vae", type=Path, default=None, help="the VAE's pytorch_model.bin")
+    release.add_argument("--vae-mean", type=Path, default=None, help="final_mean.pt (triplane statistics)")
+    release.add_argument("--vae-std", type=Path, default=None, help="final_std.pt (triplane statistics)")
+    release.add_argument("--out", type=Path, required=True, help="output folder (gets dit/ and vae/)")
+    release.add_argument("--preset", default="paper", help="DiT and VAE preset the weights must fit")
+    release.set_defaults(handler=_convert_avatarartist)
+
 
 def _convert_next3d(args: argparse.Namespace) -> int:
     from avatar4d.models.next3d.checkpoint import convert_next3d_pickle
 
     info = convert_next3d_pickle(args.file, args.out, preset=args.preset, key=args.key)
     print(f"wrote {info.path} ({info.component}, plane convention {info.metadata['plane_convention']})")
+    return 0
+
+
+def _convert_avatarartist(args: argparse.Namespace) -> int:
+    import torch
+
+    from avatar4d.errors import UserError
+
+    if args.dit is None and args.vae is None:
+        raise UserError("give --dit and/or --vae")
+    if (args.vae_mean is None) != (args.vae_std is None):
+        raise UserError("give both --vae-mean and --vae-std, or neither")
+    for path in (args.dit, args.vae, args.vae_mean, args.vae_std):
+        if path is not None and not path.is_file():
+            raise UserError(f"file not found: {path}")
+    if args.dit is not None:
+        from avatar4d.models.dit.convert import convert_released_dit_file
+
+        info = convert_released_dit_file(args.dit, args.out / "dit", preset=args.preset)
+        print(f"wrote {info.path} (DiT, {info.config.get('pos_embed_grid', '?')} positional grid)")
+    if args.vae is not None:
+        from avatar4d.models.vae.convert import convert_released_vae_checkpoint
+
+        stats = {}
+        if args.vae_mean is not None:
+            stats = {name: torch.load(path, map_location="cpu", weights_only=True)
+                     for name, path in (("mean", args.vae_mean), ("std", args.vae_std))}
+        try:
+            info = convert_released_vae_checkpoint(args.vae, args.out / "vae", preset=args.preset, **stats)
+        except ValueError as exc:  # statistics of an unexpected shape
+            raise UserError(str(exc)) from None
+        print(f"wrote {info.path} (triplane VAE)")
     return 0
