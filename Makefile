@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[dev]"
 	touch $@
 
-demo: $(STAMP)  ## the main job on the embedded default (tiny models, procedural head, no downloads)
+demo: $(STAMP)  ## the main job on the embedded default: the data factory (tiny GANs, local Ray) → ./data
+	$(BIN)/avatar4d factory run --out data
+	$(BIN)/avatar4d factory preview data --out outputs/preview.png
 	$(BIN)/avatar4d demo --out outputs/demo
 
 test: $(STAMP)  ## the whole test suite (unit + integration), CPU only
@@ -34,8 +36,11 @@ test-integration: $(STAMP)  ## tests that start real Ray / DeepSpeed / Serve / M
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check avatar4d factory train serve cluster tests benchmarks
 
-bench: $(STAMP)  ## CPU benchmarks (reports go to benchmarks/results/)
+bench: $(STAMP)  ## CPU benchmarks, printed side by side (add --report/--out to write benchmarks/results/)
 	$(BIN)/python benchmarks/raster.py
+	$(BIN)/python benchmarks/generator.py --preset tiny
+	$(BIN)/python benchmarks/factory.py
+	$(BIN)/python benchmarks/train_step.py
 
 lock: $(STAMP)  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^avatar4d'; } > constraints.tmp

@@ -1,13 +1,18 @@
 """`avatar4d factory`: registered through the `avatar4d.commands` entry point (pyproject.toml).
 
-This module must stay light: it only declares arguments; handlers import heavy libraries lazily.
+This module must stay light: it only declares arguments; handlers import Ray, Lance and torch
+lazily, so ``avatar4d --help`` stays fast and works without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
-from avatar4d.commands.placeholder import register_placeholder
+from avatar4d.errors import UserError
+from factory.encode_cli import register_encode
 
 DESCRIPTION = (
     "Ray data factory: per-domain 4D GAN actors mass-produce image–parametric-triplane pairs "
@@ -16,4 +21,162 @@ DESCRIPTION = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    register_placeholder(subparsers, "factory", DESCRIPTION, "the data-factory issue")
+    factory = subparsers.add_parser("factory", help="the Ray data factory: generate, inspect and compact datasets",
+                                    description=DESCRIPTION)
+    commands = factory.add_subparsers(dest="factory_command", metavar="COMMAND")
+    factory.set_defaults(group_parser=factory)
+    _register_run(commands)
+    register_encode(commands)
+
+    status = commands.add_parser("status", help="rows per domain and set, bytes, versions, committed chunks",
+                                 description="Summarise the Lance datasets of a factory output folder.")
+    status.add_argument("dir", type=Path, help="the factory output folder (holds pairs.lance, multiview.lance)")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    status.set_defaults(handler=_status)
+
+    preview = commands.add_parser("preview", help="contact sheet of images and triplane channels (PNG)",
+                                  description="Write a contact sheet: for a few pairs per domain, the image "
+                                              "and the first three channels of each of the four planes of its "
+                                              "parametric triplane (each normalised to its own range).")
+    preview.add_argument("dir", type=Path, help="the factory output folder")
+    preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.add_argument("--per-domain", type=int, default=4, help="pairs shown per domain")
+    preview.add_argument("--domains", nargs="+", default=None, help="domains to show (default: all in the data)")
+    preview.set_defaults(handler=_preview)
+
+    compact = commands.add_parser("compact", help="merge small fragments, drop old versions (rows unchanged)",
+                                  description="Compact the Lance datasets of a factory output folder: merge "
+                                              "the per-chunk fragments into large ones and delete superseded "
+                                              "files and versions. Run it when no `factory run` writes there.")
+    compact.add_argument("dir", type=Path, help="the factory output folder")
+    compact.set_defaults(handler=_compact)
+
+    domains = commands.add_parser("domains", help="list the domain catalog (the paper's 28 + your YAML)",
+                                  description="List the domains `factory run --domains` accepts.")
+    domains.add_argument("--domains-file", type=Path, default=None, help="YAML adding or overriding domains")
+    domains.set_defaults(handler=_domains)
+
+
+def _register_run(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run", help="generate pairs and multiview sets into Lance (embedded default: tiny, local Ray)",
+        description="Generate image–parametric-triplane pairs and multiview sets with one Ray actor per "
+                    "domain GAN and commit them to <out>/pairs.lance and <out>/multiview.lance exactly once. "
+                    "Without arguments: the `tiny` recipe (a few domains × a few dozen samples, tiny "
+                    "randomly initialised GANs) on a local Ray started by this command. Re-running the same "
+                    "command resumes: committed chunks are skipped.")
+    run.add_argument("--recipe", default="tiny", choices=["tiny", "paper"],
+                     help="tiny (default): the embedded default, a few domains × a few dozen samples; "
+                          "paper: 28 domains × 20,000 pairs + multiview sets")
+    run.add_argument("--out", type=Path, default=Path("data"),
+                     help="output folder of the Lance datasets (default: ./data)")
+    run.add_argument("--domains", nargs="+", default=None, metavar="DOMAIN",
+                     help="domains to generate (default: the recipe's); see `avatar4d factory domains`")
+    run.add_argument("--domains-file", type=Path, default=None,
+                     help="YAML adding or overriding domains (entries: name, kind, prompt, generator_checkpoint, ...)")
+    run.add_argument("--samples-per-domain", type=int, default=None, metavar="N",
+                     help="image–triplane pairs per domain (default: the recipe's)")
+    run.add_argument("--multiview-identities", type=int, default=None, metavar="N",
+                     help="identities per multiview set (dynamic, static) and domain (default: the recipe's)")
+    run.add_argument("--actors-per-domain", type=int, default=None, metavar="N",
+                     help="actors hosting each domain's GAN (default: the recipe's)")
+    run.add_argument("--seed", type=int, default=None, help="run seed: every sample's seed derives from it (default 0)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to use: 'auto' (the cluster of this node), HOST:PORT or ray://HOST:PORT; "
+                          "default: start a local Ray for this run and stop it afterwards")
+    run.add_argument("--num-cpus", type=int, default=None,
+                     help="CPUs of the local Ray (default: all cores; at least what the actors ask for)")
+    run.add_argument("--config", type=Path, default=None,
+                     help="a FactoryConfig YAML/JSON replacing the recipe (the options above still override it; "
+                          "see factory/recipes.py for the fields)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+
+def build_config(args: argparse.Namespace):  # -> FactoryConfig (imported lazily)
+    """The recipe (or ``--config``) with the command-line overrides applied."""
+    from factory.recipes import FactoryConfig, get_recipe
+
+    config = FactoryConfig.load(args.config) if args.config else get_recipe(args.recipe)
+    overrides = {"out": str(args.out)}
+    for option, field in (("domains", "domains"), ("samples_per_domain", "samples_per_domain"),
+                          ("multiview_identities", "multiview_identities"),
+                          ("actors_per_domain", "actors_per_domain"), ("seed", "run_seed")):
+        if getattr(args, option) is not None:
+            overrides[field] = getattr(args, option)
+    if args.domains_file is not None:
+        if not args.domains_file.is_file():
+            raise UserError(f"--domains-file {args.domains_file}: no such file")
+        overrides["domains_file"] = str(args.domains_file)
+    return config.replace(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+    config = build_config(args)
+    from factory.pipeline import FactoryError, run_factory
+
+    try:
+        summary = run_factory(config, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    except FactoryError as error:  # committed chunks stay: say so in one line (--debug: traceback)
+        raise UserError(f"factory run failed: {error}; committed chunks are kept, run the command again to "
+                        "resume") from error
+    nodes = len(summary.chunks_per_node)
+    print(f"factory run: {summary.committed_chunks} chunks committed ({summary.skipped_chunks} already done), "
+          f"{summary.rows_total.get('pairs', 0)} pairs and {summary.rows_total.get('multiview', 0)} multiview "
+          f"rows in {summary.out}; {summary.resubmitted_chunks} chunks retried, {summary.orphans_removed} orphan "
+          f"files removed; {len(summary.actor_nodes)} actors on {nodes} node(s); {summary.seconds:.1f}s")
+    return 0
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder")
+    if not any((path / f"{table}.lance").is_dir() for table in ("pairs", "multiview")):
+        raise UserError(f"{path} holds no factory dataset (no pairs.lance or multiview.lance)")
+    return path
+
+
+def _status(args: argparse.Namespace) -> int:
+    from factory.inspect import format_status, status
+
+    report = status(_existing_dir(args.dir))
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from factory.inspect import preview
+
+    if args.per_domain < 1:
+        raise UserError(f"--per-domain must be >= 1, got {args.per_domain}")
+    if args.out.suffix.lower() != ".png":
+        raise UserError(f"--out {args.out}: the contact sheet is a PNG file (name it *.png)")
+    path = preview(_existing_dir(args.dir), args.out, per_domain=args.per_domain, domains=args.domains)
+    print(f"wrote {path}")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from factory.inspect import compact
+
+    for table, result in compact(_existing_dir(args.dir)).items():
+        print(f"{table}: {result['rows']} rows, fragments {result['fragments_before']} → {result['fragments_after']}")
+    return 0
+
+
+def _domains(args: argparse.Namespace) -> int:
+    from factory.domains import load_domains
+
+    catalog = load_domains(args.domains_file)
+    width = max(len(name) for name in catalog.names())
+    for domain in catalog:
+        detail = domain.prompt if domain.kind == "prompt" else (domain.model_name or domain.kind)
+        checkpoint = f" [checkpoint {domain.generator_checkpoint}]" if domain.generator_checkpoint else ""
+        sys.stdout.write(f"{domain.name.ljust(width)}  {domain.kind:<9}  {detail}{checkpoint}\n")
+    return 0

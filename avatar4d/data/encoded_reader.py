@@ -1,0 +1,56 @@
+"""Reading ``<data>/encoded.lance`` (the DiT's precomputed inputs) for training.
+
+:class:`EncodedShardReader` is :class:`~avatar4d.data.reader.LanceShardReader` (same sharding,
+shuffling and fork-safety rules) that also decodes the encoded tensor columns, whose specs live in
+the schema metadata (:mod:`avatar4d.data.encoded_schema`): ``clip_tokens`` [B, Tc, Dc] and
+``dino_tokens`` [B, Td, Dd] in their stored dtype (float16), ``latent`` (and ``latent_std`` when
+stored) [B, E, F, h, w] float32 in diffusion space (already × the latent scale). These small
+tensors are copied out of the Arrow buffers. lance is imported lazily, safetensors too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from avatar4d.data.codec import decode_tensors
+from avatar4d.data.encoded_schema import encoded_specs, null_condition_path
+from avatar4d.data.reader import LanceShardReader
+
+
+class EncodedShardReader(LanceShardReader):
+    """Per-rank streaming reader of the encoded table; yields dicts with decoded tensor columns."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        specs = None
+        for batch in super().__iter__():
+            if specs is None:
+                import lance
+
+                specs = encoded_specs(lance.dataset(self.uri, version=self.version).schema) if self.decode else {}
+            for name, spec in specs.items():
+                if isinstance(batch.get(name), list):  # raw bytes (the base reader knows only the factory's specs)
+                    batch[name] = decode_tensors(batch[name], spec)
+            yield batch
+
+
+def load_null_condition(data: str | Path) -> dict[str, Tensor]:
+    """``{"clip_tokens": [Tc, Dc], "dino_tokens": [Td, Dd]}``: the tokens of an all-zero input written by
+    ``factory encode`` (the release's unconditional branch for classifier-free guidance)."""
+    from safetensors.torch import load_file
+
+    path = null_condition_path(data)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no null condition (run `avatar4d factory encode` first)", str(path))
+    return load_file(str(path))
+
+
+def null_condition_encoder_sha256(data: str | Path) -> str | None:
+    """The ``encoder_sha256`` the null condition file was made with (compare with the table's)."""
+    from safetensors import safe_open
+
+    with safe_open(str(null_condition_path(data)), framework="pt") as handle:
+        return (handle.metadata() or {}).get("encoder_sha256")

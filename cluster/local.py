@@ -1,0 +1,250 @@
+"""A real multi-node Ray cluster on this machine, for tests and for trying the factory on "a cluster".
+
+Each node is a ``ray start --block`` process started in its own process group (session), so its
+GCS, raylet, agents and workers are all members of that group; stopping the cluster kills exactly
+those process groups (SIGTERM, then SIGKILL after a grace period) — never ``ray stop``, which would
+also stop every other Ray instance of the user. All ports are picked free on 127.0.0.1, and the
+cluster gets its own temp dir, so it runs beside other local Ray instances.
+
+    with LocalRayCluster(worker_nodes=1, cpus_per_node=1) as cluster:
+        run_factory(config, address=cluster.address)
+
+or from a shell (blocks until Ctrl-C, then stops the nodes it started):
+
+    python -m cluster.local --worker-nodes 1 --cpus-per-node 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+WORKER_NODE_RESOURCE = "avatar4d_worker_node"
+"""Custom resource every worker node (not the head) advertises, one unit each."""
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray_executable() -> str:
+    beside_python = Path(sys.executable).with_name("ray")
+    found = str(beside_python) if beside_python.exists() else shutil.which("ray")
+    if not found:
+        raise RuntimeError("the `ray` command is not installed next to this Python")
+    return found
+
+
+@dataclass
+class RayNodeProcess:
+    """One ``ray start --block`` process; its process group holds every process of the node."""
+
+    role: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pgid(self) -> int:
+        return self.process.pid  # started with start_new_session=True: it leads its own group
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class LocalRayCluster:
+    """A head node plus ``worker_nodes`` worker nodes, each a separate raylet on 127.0.0.1."""
+
+    worker_nodes: int = 1
+    cpus_per_node: int = 1
+    start_timeout_s: float = 60.0
+    object_store_bytes: int = 128 * 1024**2
+    temp_dir: Path | None = None
+    nodes: list[RayNodeProcess] = field(default_factory=list)
+    address: str = ""
+    _own_temp_dir: bool = False
+
+    def start(self) -> LocalRayCluster:
+        """Start the head and the worker nodes; wait until all of them joined; return self."""
+        if self.temp_dir is None:
+            # short path: Ray's unix sockets live under it (108-byte limit)
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="a4d-ray-"))
+            self._own_temp_dir = True
+        port = free_port()
+        try:
+            self._start_node("head", ["--head", f"--port={port}", "--include-dashboard=false",
+                                      f"--ray-client-server-port={free_port()}"])
+            self.address = self._head_address(port)
+            self._wait_for_nodes(1)
+            for index in range(self.worker_nodes):
+                resources = json.dumps({WORKER_NODE_RESOURCE: 1})
+                self._start_node(f"worker{index}", [f"--address={self.address}", f"--resources={resources}"])
+            self._wait_for_nodes(1 + self.worker_nodes)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("local Ray cluster up at %s (%d nodes)", self.address, 1 + self.worker_nodes)
+        return self
+
+    def _start_node(self, role: str, role_args: list[str]) -> None:
+        assert self.temp_dir is not None
+        log_path = self.temp_dir / f"{role}.log"
+        command = [
+            _ray_executable(), "start", "--block", *role_args,
+            f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
+            f"--object-store-memory={self.object_store_bytes}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
+        ]
+        if role == "head":
+            command.append(f"--temp-dir={self.temp_dir}")
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=self.client_env(), start_new_session=True)
+        self.nodes.append(RayNodeProcess(role, process, log_path))
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for processes that connect to this cluster (drivers, ``avatar4d factory run
+        --address``): Ray 2.60 clusters use token authentication (the token lives in
+        ``~/.ray/auth_token``), which a driver given an explicit address only uses with
+        ``RAY_AUTH_MODE=token``."""
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def _head_address(self, port: int) -> str:
+        """The GCS address as the head advertises it (Ray picks the node IP, not 127.0.0.1)."""
+        assert self.temp_dir is not None
+        record = self.temp_dir / "ray_current_cluster"
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if record.is_file():
+                address = record.read_text().strip()
+                if address.endswith(f":{port}"):
+                    return address
+            time.sleep(0.2)
+        raise TimeoutError(f"the Ray head did not start in {self.start_timeout_s:.0f}s; see {self.nodes[0].log_path}")
+
+    def _check_alive(self) -> None:
+        for node in self.nodes:
+            if not node.alive():
+                raise RuntimeError(f"Ray {node.role} node exited (rc={node.process.returncode}); "
+                                   f"see {node.log_path}:\n{node.log_path.read_text()[-2000:]}")
+
+    def _wait_for_nodes(self, expected: int) -> None:
+        """Poll the GCS (in a short-lived subprocess, so this process stays unconnected) until
+        ``expected`` nodes are alive."""
+        deadline = time.monotonic() + self.start_timeout_s
+        probe = ("import ray, sys\n"
+                 f"ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False)\n"
+                 "print(sum(1 for n in ray.nodes() if n['Alive']))\n")
+        while time.monotonic() < deadline:
+            self._check_alive()
+            result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                    env=self.client_env(), timeout=60)
+            if result.returncode == 0 and result.stdout.strip().splitlines()[-1:] == [str(expected)]:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the local Ray cluster did not reach {expected} nodes in {self.start_timeout_s:.0f}s")
+
+    def pids(self) -> set[int]:
+        """Process ids of every live process of this cluster: the members of the node process groups
+        (GCS, raylets, agents) and the workers, which lead their own groups but name this cluster's
+        unique temp dir on their command line."""
+        import psutil
+
+        groups = {node.pgid for node in self.nodes}
+        marker = str(self.temp_dir) if self.temp_dir is not None else None
+        found = set()
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                ours = marker is not None and any(marker in arg for arg in proc.info["cmdline"] or ())
+                if ours or os.getpgid(proc.pid) in groups:
+                    found.add(proc.pid)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        found.discard(os.getpid())
+        return found
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the nodes this object started (worker nodes first): SIGTERM to their process groups,
+        then SIGKILL to the groups and to any of this cluster's workers still alive; idempotent."""
+        for node in reversed(self.nodes):
+            _signal_group(node.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self.pids():
+            time.sleep(0.2)
+        for node in reversed(self.nodes):
+            _signal_group(node.pgid, signal.SIGKILL)
+        for pid in self.pids() if self.nodes else ():
+            _signal_pid(pid, signal.SIGKILL)
+        for node in self.nodes:
+            try:
+                node.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("Ray %s node (pid %d) did not exit", node.role, node.process.pid)
+        self.nodes.clear()
+        if self._own_temp_dir and self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalRayCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start a local multi-node Ray cluster; Ctrl-C stops it.")
+    parser.add_argument("--worker-nodes", type=int, default=1, help="worker nodes beside the head")
+    parser.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each node advertises")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    with LocalRayCluster(worker_nodes=args.worker_nodes, cpus_per_node=args.cpus_per_node) as cluster:
+        sys.stdout.write(f"Ray cluster at {cluster.address}; run e.g.\n"
+                         f"  RAY_AUTH_MODE=token avatar4d factory run --address {cluster.address}\nCtrl-C stops it.\n")
+        sys.stdout.flush()
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Image-conditioned DiT training: recipes and the task the shared engine runs."""

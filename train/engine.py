@@ -1,0 +1,312 @@
+"""The training loop every rank runs under Ray Train: a DeepSpeed engine around the task's model.
+
+Per rank (:func:`worker_main`, the ``train_loop_per_worker`` of a ``TorchTrainer``):
+
+1. Ray Train has set up ``torch.distributed`` (gloo on CPUs, NCCL on GPUs);
+   ``deepspeed.init_distributed`` adopts that process group;
+2. torch is seeded with the run seed, so every rank builds the same initial weights; the task's
+   ``prepare`` sets data-dependent state; AdamW (the task's hyper-parameters) and
+   ``deepspeed.initialize`` (ZeRO stage, micro-batch, accumulation, clipping, bf16 on GPUs / fp32
+   on CPUs, DeepSpeed's ``WarmupLR``) make the engine; the EMA starts from the initial weights;
+3. if Ray Train hands over a checkpoint (``ray.train.get_checkpoint()``: a worker-group restart
+   after a failure, or a re-run with the same run name) the engine loads its DeepSpeed state
+   (sharded optimiser states included) and rank 0's files restore the step, the data epoch and
+   the EMA;
+4. steps ``start..steps``: ``grad_accumulation`` micro-batches (``engine.backward``/``engine.step``),
+   then the EMA update. Every ``log_every`` steps the metrics are averaged over ranks and
+   reported; every ``checkpoint_every`` steps (and after the last) every rank writes its DeepSpeed
+   shard into a temporary folder, rank 0 adds ``trainer_state.json`` and ``ema.safetensors``, and
+   all ranks call ``ray.train.report(..., checkpoint=...)``: Ray merges the folders into
+   ``<storage>/<run>/checkpoint_<step>``;
+5. rank 0 logs to MLflow, logs sample grids of the EMA model, and at the end saves the EMA model
+   as an avatar4d checkpoint in ``<storage>/<run>/final`` and registers it.
+
+Fault injection for tests: when the environment variable ``AVATAR4D_TRAIN_FAULT_FILE`` names an
+existing JSON file ``{"step": k, "rank": r}``, rank r renames the file (so the fault fires once)
+and exits the process with status 1 right after step k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.config import TrainConfig, deepspeed_config
+from train.data import DatasetInfo
+from train.ema import ExponentialMovingAverage
+from train.task import TaskConfig, TrainTask, config_from_dict, task_classes
+
+logger = logging.getLogger(__name__)
+
+DEEPSPEED_TAG = "deepspeed"
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+PROGRESS_FILE = "progress.json"
+EVENTS_FILE = "events.jsonl"
+FINAL_DIR = "final"
+FAULT_ENV = "AVATAR4D_TRAIN_FAULT_FILE"
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """What a checkpoint records besides the DeepSpeed state: steps done, data epoch, EMA updates."""
+
+    step: int = 0
+    epoch: int = 0
+    ema_updates: int = 0
+    samples: int = 0
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for one rank's randomness at one step (the same after a resume)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def is_local(storage_path: str) -> bool:
+    return "://" not in storage_path or storage_path.startswith("file://")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(data))
+    os.replace(staging, path)
+
+
+def append_event(run_dir: Path | None, event: str, **fields: Any) -> None:
+    """One JSON line in ``<run>/events.jsonl`` (start, checkpoint, end; local storage only)."""
+    if run_dir is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / EVENTS_FILE).open("a") as handle:
+        handle.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / EVENTS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def maybe_inject_fault(step: int, rank: int) -> None:
+    """Exit the process once at the step/rank named by ``$AVATAR4D_TRAIN_FAULT_FILE`` (tests)."""
+    path = os.environ.get(FAULT_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    fault = json.loads(Path(path).read_text())
+    if fault.get("step") != step or fault.get("rank", 0) != rank:
+        return
+    try:
+        os.replace(path, f"{path}.fired")  # one process wins; the fault fires once
+    except FileNotFoundError:
+        return
+    logger.warning("fault injection: rank %d exits after step %d", rank, step)
+    os._exit(1)
+
+
+def reduce_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of each metric over all ranks (every rank must pass the same keys)."""
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(keys, values.tolist()))
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), eps=train.eps,
+                             weight_decay=train.weight_decay)
+
+
+def restore(checkpoint: Any, engine: Any, ema: ExponentialMovingAverage) -> TrainerState:
+    """Load the DeepSpeed state (every rank its own shard) and rank 0's step, epoch and EMA."""
+    from safetensors.torch import load_file
+
+    with checkpoint.as_directory() as directory:
+        path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/{DEEPSPEED_TAG}")
+        state = TrainerState(**json.loads((Path(directory) / STATE_FILE).read_text()))
+        ema.load_state_dict(load_file(str(Path(directory) / EMA_FILE)), state.ema_updates)
+    return state
+
+
+def save_checkpoint(engine: Any, ema: ExponentialMovingAverage, state: TrainerState, rank: int,
+                    metrics: dict[str, float]) -> None:
+    """Every rank writes its DeepSpeed shard, rank 0 the trainer state and EMA; one Ray checkpoint."""
+    import ray.train
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="avatar4d-ckpt-") as directory:
+        engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state={"step": state.step})
+        if rank == 0:
+            (Path(directory) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
+                      str(Path(directory) / EMA_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"checkpoint_{state.step:08d}")
+
+
+class Loop:
+    """One rank's training loop (see the module docstring)."""
+
+    def __init__(self, config: TaskConfig, datasets: dict[str, DatasetInfo]) -> None:
+        import ray.train
+
+        self.config = config
+        self.train = config.train
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.on_gpu = bool(self.train.use_gpu) and torch.cuda.is_available()
+        if self.on_gpu:
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(max(1, round(self.train.cpus_per_worker)))
+        task_class, _ = task_classes(config.task)
+        self.task: TrainTask = task_class(config, datasets, rank=self.rank, world_size=self.world_size,
+                                          device=self.device)
+        local = is_local(self.train.storage_path)
+        self.run_dir = self.train.run_dir() if local and self.rank == 0 else None
+        self.tracker = None
+
+    def run(self) -> None:
+        import deepspeed
+        import ray.train
+
+        train = self.train
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        torch.manual_seed(train.seed)
+        model = self.task.build_model()
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            self.task.prepare(model)
+        optimizer = build_optimizer(model, train)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                               config=deepspeed_config(train, on_gpu=self.on_gpu))
+        ema = ExponentialMovingAverage(engine.module, train.ema_decay)
+        state = restore(checkpoint, engine, ema) if checkpoint is not None else TrainerState()
+        restored_from = state.step if checkpoint is not None else None
+        if self.rank == 0:
+            self._start_tracking()
+            append_event(self.run_dir, "start", first_step=state.step + 1, restored_from=restored_from,
+                         world_size=self.world_size)
+        logger.info("rank %d/%d: steps %d..%d on %s", self.rank, self.world_size, state.step + 1, train.steps,
+                    self.device)
+        stream = self.task.batches(state.epoch + (1 if restored_from is not None else 0))
+        try:
+            self._loop(engine, ema, state, stream)
+        except BaseException:
+            if self.tracker is not None:
+                self.tracker.end("FAILED")
+            raise
+
+    def _start_tracking(self) -> None:
+        from train.tracking import MlflowTracker
+
+        self.tracker = MlflowTracker(self.train, self.config.task)
+        self.tracker.start(self.config.to_dict())
+
+    def _loop(self, engine: Any, ema: ExponentialMovingAverage, state: TrainerState, stream: Any) -> None:
+        train = self.train
+        batches = iter(stream)
+        sums: dict[str, float] = {}
+        count, window_start, window_samples = 0, time.perf_counter(), 0
+        for step in range(state.step + 1, train.steps + 1):
+            generator = torch.Generator().manual_seed(step_seed(train.seed, self.rank, step))
+            for _ in range(train.grad_accumulation):
+                batch = next(batches)
+                out = self.task.step(engine, batch, generator)
+                engine.backward(out.loss)
+                engine.step()
+                for key, value in out.metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+            ema.update(engine.module)
+            state = TrainerState(step=step, epoch=getattr(stream, "epoch", 0), ema_updates=ema.num_updates,
+                                 samples=state.samples + train.samples_per_step)
+            window_samples += train.samples_per_step
+            maybe_inject_fault(step, self.rank)
+            is_last = step == train.steps
+            wants_checkpoint = step % train.checkpoint_every == 0 or is_last
+            if step % train.log_every == 0 or wants_checkpoint:
+                elapsed = time.perf_counter() - window_start
+                local = {key: value / count for key, value in sums.items()}
+                metrics = reduce_metrics(local, self.device)
+                metrics.update(step=step, lr=float(engine.get_lr()[0]), epoch=state.epoch,
+                               steps_per_second=(window_samples / train.samples_per_step) / max(elapsed, 1e-9),
+                               samples_per_second=window_samples / max(elapsed, 1e-9))
+                self._log(metrics, step)
+                if wants_checkpoint:
+                    save_checkpoint(engine, ema, state, self.rank, metrics)
+                    if self.rank == 0:
+                        append_event(self.run_dir, "checkpoint", step=step)
+                else:
+                    import ray.train
+
+                    ray.train.report(metrics)
+                sums, count, window_start, window_samples = {}, 0, time.perf_counter(), 0
+            if self.rank == 0 and ((train.image_every and step % train.image_every == 0) or is_last):
+                self._log_images(ema, step)
+        if self.rank == 0:
+            self._finish(ema, state)
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.rank != 0:
+            return
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+        if self.run_dir is not None:
+            write_json_atomic(self.run_dir / PROGRESS_FILE, {"step": step, "steps": self.train.steps,
+                                                            "metrics": metrics, "time": time.time()})
+
+    def _ema_model(self, ema: ExponentialMovingAverage) -> nn.Module:
+        model = self.task.build_model().to(self.device)
+        ema.copy_to(model)
+        return model.eval().requires_grad_(False)
+
+    def _log_images(self, ema: ExponentialMovingAverage, step: int) -> None:
+        started = time.perf_counter()
+        images, metrics = self.task.sample_images(self._ema_model(ema), step)
+        if self.tracker is not None:
+            self.tracker.log_images(images, step)
+            self.tracker.log_metrics(metrics, step)
+        logger.info("sample grids at step %d took %.1f s", step, time.perf_counter() - started)
+
+    def _finish(self, ema: ExponentialMovingAverage, state: TrainerState) -> None:
+        model = self._ema_model(ema)
+        metadata = {"run_name": self.train.run_name, "task": self.config.task, "samples": state.samples,
+                    "ema_decay": self.train.ema_decay, "config": self.config.to_dict()}
+        with tempfile.TemporaryDirectory(prefix="avatar4d-final-") as scratch:
+            final = self.run_dir / FINAL_DIR if self.run_dir is not None else Path(scratch) / FINAL_DIR
+            self.task.save_model(model, final, step=state.step, metadata=metadata)
+            if self.tracker is not None:
+                self.tracker.log_final(model, final, self.train.registered_model or f"avatar4d-{self.config.task}")
+                self.tracker.end()
+        append_event(self.run_dir, "end", step=state.step)
+
+
+def worker_main(payload: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: ``payload`` = {"config": task config dict, "datasets": {name: DatasetInfo dict}}."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_dict(payload["config"])
+    datasets = {name: DatasetInfo(**{**info, "columns": tuple(info["columns"])})
+                for name, info in payload["datasets"].items()}
+    Loop(config, datasets).run()

@@ -1,0 +1,136 @@
+"""The VAE loss: L1 triplane + L1 depth + LPIPS on renders of input and reconstruction + KL.
+
+Per micro-batch (paper weights 1, 1, 1, 1e-6):
+
+- ``triplane_l1``: mean |x̂ − x| over the normalised stacked triplane (what the network sees);
+- every sample gets ``views_per_sample`` random cameras in the paper's ranges; input and
+  reconstruction (denormalised) are rendered by the row's own generator (decoder, renderer, mesh;
+  see :mod:`train.vae.renderers`) at ``render_resolution``; ``depth_l1`` is the mean |d̂ − d| of
+  the depth maps, ``lpips`` the LPIPS distance of the raw RGB renders (upsampled to at least
+  ``lpips_min_resolution``); the input renders carry no gradient;
+- ``kl``: KL(q(z|x) ‖ N(0, I)) summed over the latent and averaged over the batch (the LDM
+  convention the release follows).
+
+LPIPS comes from the ``lpips`` package: its linear calibration layers ship in the wheel; the trunk
+is loaded from a local torchvision weights file, or randomly initialised (``pnet_rand=True``: torchvision
+builds the trunk without downloading anything).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avatar4d.errors import UserError
+from avatar4d.geometry.camera import Camera, PoseSampler
+from train.vae.recipes import VAELossConfig
+from train.vae.renderers import DomainRenderers
+
+logger = logging.getLogger(__name__)
+
+
+def _trunk_key(lpips_key: str) -> str:
+    """``sliceN.<index>.<param>`` of the lpips trunk → ``features.<index>.<param>`` of torchvision."""
+    _, index, param = lpips_key.split(".", 2)
+    return f"features.{index}.{param}"
+
+
+def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False) -> nn.Module:
+    """A frozen ``lpips.LPIPS`` (v0.1 calibration layers from the wheel) whose trunk is read from the
+    local torchvision weights file ``backbone``, or random when ``random_backbone``."""
+    import lpips
+
+    if backbone is None and not random_backbone:
+        raise UserError(f"LPIPS needs the local weights of its {net} trunk (torchvision state dict): set "
+                        "--lpips-backbone PATH (nothing is downloaded)")
+    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated ``pretrained=False``
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        module = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if backbone is not None:
+        path = Path(backbone).expanduser()
+        if not path.is_file():
+            raise UserError(f"LPIPS backbone weights not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        trunk = module.net.state_dict()
+        missing = [k for k in trunk if _trunk_key(k) not in state]
+        if missing:
+            raise UserError(f"{path} is not a torchvision {net} state dict (no {_trunk_key(missing[0])})")
+        module.net.load_state_dict({k: state[_trunk_key(k)] for k in trunk})
+        logger.info("LPIPS %s trunk loaded from %s", net, path)
+    return module.eval().requires_grad_(False)
+
+
+class VAELoss(nn.Module):
+    """Computes the loss terms of one micro-batch (see the module docstring)."""
+
+    def __init__(self, config: VAELossConfig, renderers: DomainRenderers | None, device: torch.device) -> None:
+        super().__init__()
+        self.config = config
+        self.renderers = renderers
+        self.poses = PoseSampler(config.cameras)
+        self.lpips = (build_lpips(config.lpips_net, config.lpips_backbone,
+                                  random_backbone=config.lpips_random_backbone).to(device)
+                      if config.lpips > 0 else None)
+
+    def lpips_distance(self, a: Tensor, b: Tensor) -> Tensor:
+        """Per-image LPIPS [N] of RGB images in [-1, 1] [N, 3, H, W]."""
+        assert self.lpips is not None
+        side = max(a.shape[-1], self.config.lpips_min_resolution)
+        if side != a.shape[-1]:
+            a = F.interpolate(a, size=(side, side), mode="bilinear", align_corners=False)
+            b = F.interpolate(b, size=(side, side), mode="bilinear", align_corners=False)
+        return self.lpips(a.float(), b.float()).reshape(-1)
+
+    def cameras(self, count: int, generator: torch.Generator, device: torch.device) -> Camera:
+        return self.poses.sample(count, generator).camera.to(device)
+
+    def rendered_terms(self, target: Tensor, reconstruction: Tensor, shas: list[str], domains: list[str],
+                       face_params: Tensor | None, generator: torch.Generator) -> dict[str, Tensor]:
+        """Depth-L1 and LPIPS of renders of ``target`` vs ``reconstruction`` (stacked, data units)."""
+        cfg, renderers = self.config, self.renderers
+        assert renderers is not None
+        batch, views = target.shape[0], cfg.views_per_sample
+        cameras = self.cameras(batch * views, generator, target.device)  # sample i, view v at i * views + v
+        vertices = renderers.vertices(face_params) if face_params is not None else None
+        depth_sum = target.new_zeros(())
+        lpips_sum = target.new_zeros(())
+        for sha, rows in renderers.groups(shas).items():
+            renderer = renderers.get(sha, domains[rows[0]])
+            index = torch.tensor(rows, device=target.device)
+            mesh = None if vertices is None else vertices[index]
+            with torch.no_grad():
+                planes_in = renderer.planes(target[index].float(), mesh)  # [b, 3, C, R, R]
+            planes_out = renderer.planes(reconstruction[index].float(), mesh)
+            view_index = (index[:, None] * views + torch.arange(views, device=target.device)).reshape(-1)
+            camera = Camera(cameras.cam2world[view_index], cameras.intrinsics[view_index])
+            planes_in = planes_in.repeat_interleave(views, dim=0)  # [b·v, 3, C, R, R]
+            planes_out = planes_out.repeat_interleave(views, dim=0)
+            with torch.no_grad():
+                seen = renderer.render(planes_in, camera, cfg.render_resolution)
+            made = renderer.render(planes_out, camera, cfg.render_resolution)
+            if cfg.depth_l1 > 0:
+                depth_sum = depth_sum + (made.depth - seen.depth).abs().mean(dim=(1, 2, 3)).sum()
+            if cfg.lpips > 0:
+                lpips_sum = lpips_sum + self.lpips_distance(made.rgb, seen.rgb).sum()
+        count = batch * views
+        return {"depth_l1": depth_sum / count, "lpips": lpips_sum / count}
+
+    def forward(self, target_normalized: Tensor, reconstruction_normalized: Tensor, kl: Tensor,
+                target: Tensor, reconstruction: Tensor, shas: list[str], domains: list[str],
+                face_params: Tensor | None, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """Total loss (with grad) and its terms. Stacked triplanes [B, 4, C, R, R]; ``kl`` [B]."""
+        cfg = self.config
+        terms = {"triplane_l1": (reconstruction_normalized.float() - target_normalized.float()).abs().mean(),
+                 "kl": kl.float().mean()}
+        if cfg.renders:
+            terms.update(self.rendered_terms(target, reconstruction, shas, domains, face_params, generator))
+        weights = {"triplane_l1": cfg.triplane_l1, "kl": cfg.kl, "depth_l1": cfg.depth_l1, "lpips": cfg.lpips}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        metrics = {name: float(value.detach()) for name, value in terms.items()}
+        metrics["loss"] = float(loss.detach())
+        return loss, metrics

@@ -1,0 +1,135 @@
+"""Each pair's triplane rendered with the decoder and renderer of the generator that made it.
+
+Decoders differ per domain (every domain's GAN is fine-tuned), so a row's ``generator_sha256``
+(the ``weights_sha256`` of its generator checkpoint) picks the checkpoint. :class:`GeneratorIndex`
+finds the checkpoints under a few folders (default ``<data>/generators``, where the factory keeps
+them) by reading their ``checkpoint.json``; :class:`DomainRenderers` loads each one once, keeps only
+its OSG decoder, volume renderer and mesh conditioner (frozen, a few kB to MB: the backbones are
+dropped) and renders planes with them.
+
+What is rendered. The stored parametric triplane is expression independent: plane 0 is the UV
+neural texture, planes 1–3 the static triplane. With ``compose_expression`` (default) the row's own
+expression mesh (``face_params`` → the procedural head's vertices) is rasterized over the face box
+and the texture is resampled into the frontal plane (:meth:`ParametricTriplane.compose`), so the
+texture plane is supervised through the renders as the generator uses it (without the GAN's
+face-backbone refinement, which needs ``ws``). Without it, the static planes are rendered as they
+are. Input and reconstruction always go through the same mesh, cameras and ray samples
+(deterministic sampling), so their renders differ only by the reconstruction error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from avatar4d.checkpoint.io import CheckpointError, read_checkpoint_info
+from avatar4d.errors import UserError
+from avatar4d.geometry.camera import Camera
+from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
+from avatar4d.models.next3d.checkpoint import COMPONENT, load_generator
+from avatar4d.rendering.parametric import ParametricTriplane
+from avatar4d.rendering.renderer import RenderOutput
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorNotFoundError(UserError):
+    """No generator checkpoint with the weights a dataset row names."""
+
+
+class GeneratorIndex:
+    """``weights_sha256`` → checkpoint folder of every generator checkpoint under ``roots``."""
+
+    def __init__(self, roots: list[str | Path]) -> None:
+        self.roots = [Path(root).expanduser() for root in roots]
+        self.paths: dict[str, Path] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for info_file in sorted(root.rglob("checkpoint.json")):
+                try:
+                    info = read_checkpoint_info(info_file.parent)
+                except CheckpointError:
+                    continue
+                if info.component == COMPONENT:
+                    self.paths.setdefault(info.weights_sha256, info_file.parent)
+
+    def find(self, sha256: str, domain: str = "?") -> Path:
+        if sha256 not in self.paths:
+            roots = ", ".join(str(r) for r in self.roots) or "(none)"
+            raise GeneratorNotFoundError(f"no generator checkpoint with weights {sha256[:12]}… (domain {domain}) "
+                                         f"under {roots}; pass the folder holding it with --generators")
+        return self.paths[sha256]
+
+
+class DomainRenderer(nn.Module):
+    """The frozen rendering half of one generator: mesh conditioner, OSG decoder, volume renderer."""
+
+    def __init__(self, checkpoint: Path, head: MorphableModel, device: torch.device) -> None:
+        super().__init__()
+        generator, info = load_generator(checkpoint, head=head, device=device)
+        self.sha256 = info.weights_sha256
+        self.decoder = generator.decoder
+        self.mesh_conditioner = generator.mesh_conditioner
+        self.renderer = generator.renderer
+        self.renderer.config = self.renderer.config.replace(deterministic=True)
+        self.face_box = generator.face_box
+        self.plane_channels = generator.config.plane_channels
+        self.requires_grad_(False).eval()
+        del generator
+
+    def planes(self, stacked: Tensor, vertices: Tensor | None) -> Tensor:
+        """Stacked parametric triplanes [B, 4, C, R, R] → renderable planes [B, 3, C, R, R]."""
+        triplane = ParametricTriplane.from_stacked(stacked)
+        if vertices is None:
+            return triplane.static
+        with torch.no_grad():
+            uv_grid, face_mask = self.mesh_conditioner(vertices)  # [B, R, R, 2], [B, 1, R, R]
+        return triplane.compose(uv_grid, face_mask, self.face_box)
+
+    def render(self, planes: Tensor, camera: Camera, resolution: int) -> RenderOutput:
+        # planes [B, 3, C, R, R] -> features [B, C, res, res], depth [B, 1, res, res]
+        return self.renderer(planes.float(), self.decoder, camera, resolution)
+
+
+class DomainRenderers:
+    """Loads each generator's :class:`DomainRenderer` once, on first use."""
+
+    def __init__(self, index: GeneratorIndex, device: torch.device, *, identity_dim: int | None = None,
+                 expression_dim: int | None = None, compose_expression: bool = True) -> None:
+        self.index = index
+        self.device = device
+        self.compose_expression = compose_expression
+        self.head = default_head_model().to(device) if compose_expression else None
+        if self.head is not None and identity_dim is not None and identity_dim != self.head.identity_dim:
+            raise UserError(f"the dataset's face parameters have {identity_dim} identity coefficients, the "
+                            f"procedural head model {self.head.identity_dim}: set compose_expression=False")
+        self.identity_dim = identity_dim if identity_dim is not None else (self.head.identity_dim if self.head else 0)
+        self.expression_dim = (expression_dim if expression_dim is not None
+                               else (self.head.expression_dim if self.head else 0))
+        self._loaded: dict[str, DomainRenderer] = {}
+
+    def get(self, sha256: str, domain: str = "?") -> DomainRenderer:
+        if sha256 not in self._loaded:
+            path = self.index.find(sha256, domain)
+            self._loaded[sha256] = DomainRenderer(path, default_head_model(), self.device).to(self.device)
+            logger.info("loaded the renderer of %s (%s…) from %s", domain, sha256[:12], path)
+        return self._loaded[sha256]
+
+    def vertices(self, face_params: Tensor) -> Tensor | None:
+        """Expression meshes [B, V, 3] of stored ``face_params`` [B, D] (None without composition)."""
+        if self.head is None:
+            return None
+        params = FaceParams.from_vector(face_params.float().to(self.device), self.identity_dim, self.expression_dim)
+        with torch.no_grad():
+            return self.head.vertices(params)
+
+    def groups(self, shas: list[str]) -> dict[str, list[int]]:
+        """Row indices of a batch grouped by generator."""
+        found: dict[str, list[int]] = {}
+        for index, sha in enumerate(shas):
+            found.setdefault(sha, []).append(index)
+        return found
