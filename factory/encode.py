@@ -51,19 +51,19 @@ from avatar4d.data.encoded_schema import (
 from avatar4d.data.schema import PAIRS, dataset_uri, schema_metadata
 from avatar4d.errors import UserError
 from avatar4d.models.vae import COMPONENT as VAE_COMPONENT
+from factory.inspect import write_json
 from factory.pipeline import (
     STATE_DIR,
     ChunkResult,
     CommitEvent,
     FactoryError,
-    _commit,
-    _last_line,
-    _permanent,
-    _ray_session,
-    _Slot,
-    _wait_for_workers,
-    _write_json,
+    WorkerSlot,
+    commit_results,
+    is_permanent_failure,
+    last_line,
+    ray_session,
     run_lock,
+    wait_for_workers,
 )
 from factory.sink import LanceCommitter, open_dataset, stored_schema, write_fragments
 from factory.stages.encode import PAIRS_COLUMNS, EncodeConfig, EncodeStage
@@ -251,10 +251,10 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
             workers = [EncodeWorker(config.vae_checkpoint, str(data), pairs.version, config.encode,
                                     config.encode.num_threads)]
             described = [workers[0].describe()]
-            slots: list[_Slot] = []
+            slots: list[WorkerSlot] = []
         else:
             cpus = max(num_cpus or os.cpu_count() or 1, math.ceil(config.num_actors * config.num_cpus_per_actor))
-            summary.ray_address = stack.enter_context(_ray_session(address, cpus, state))
+            summary.ray_address = stack.enter_context(ray_session(address, cpus, state))
             slots, described = _start_actors(config, str(data), pairs.version)
             workers = []
         schema = described[0]["schema"]
@@ -315,7 +315,8 @@ def _write_null_condition(data: Path, tensors: dict[str, Any], encoder_sha: str)
     os.replace(temporary, path)
 
 
-def _start_actors(config: EncodeRunConfig, data: str, pairs_version: int) -> tuple[list[_Slot], list[dict[str, Any]]]:
+def _start_actors(config: EncodeRunConfig, data: str,
+                  pairs_version: int) -> tuple[list[WorkerSlot], list[dict[str, Any]]]:
     use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
     resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
     threads = max(1, round(config.num_cpus_per_actor))
@@ -325,11 +326,11 @@ def _start_actors(config: EncodeRunConfig, data: str, pairs_version: int) -> tup
         name = f"encode/{index}"
         handle = worker_class.options(name=name, max_restarts=-1, max_task_retries=0, **resources).remote(
             config.vae_checkpoint, data, pairs_version, config.encode, threads)
-        slots.append(_Slot(name, ENCODED, handle))
+        slots.append(WorkerSlot(name, ENCODED, handle))
     try:
-        described = _wait_for_workers(slots)
+        described = wait_for_workers(slots)
     except RayActorError as error:
-        raise UserError(f"an encode worker could not start: {_last_line(error)}") from None
+        raise UserError(f"an encode worker could not start: {last_line(error)}") from None
     hashes = {(schema_metadata(info["schema"])[META_VAE_SHA256], schema_metadata(info["schema"])[META_ENCODER_SHA256])
               for info in described}
     if len(hashes) > 1:
@@ -346,11 +347,11 @@ def _run_local(worker: EncodeWorker, pending: list[EncodeChunk], committer: Any,
         _record(committer, [(chunk, result)], summary, bar, on_commit, ["local"], {"local": 0})
 
 
-def _schedule(config: EncodeRunConfig, slots: list[_Slot], pending: list[EncodeChunk], committer: Any,
+def _schedule(config: EncodeRunConfig, slots: list[WorkerSlot], pending: list[EncodeChunk], committer: Any,
               summary: EncodeSummary, bar: Any, on_commit: Callable[[CommitEvent], None] | None) -> None:
     """Keep every actor at most ``max_in_flight_per_actor`` chunks deep; commit what finishes."""
     queue = deque(pending)
-    in_flight: dict[Any, tuple[_Slot, EncodeChunk]] = {}
+    in_flight: dict[Any, tuple[WorkerSlot, EncodeChunk]] = {}
     attempts: Counter[str] = Counter()
     while queue or in_flight:
         for slot in slots:
@@ -369,15 +370,15 @@ def _schedule(config: EncodeRunConfig, slots: list[_Slot], pending: list[EncodeC
                 result: ChunkResult = ray.get(ref)
             except RayActorError as error:  # the actor died (Ray restarts it): run the chunk again
                 attempts[chunk.chunk_id] += 1
-                if _permanent(error) or attempts[chunk.chunk_id] >= config.max_chunk_attempts:
+                if is_permanent_failure(error) or attempts[chunk.chunk_id] >= config.max_chunk_attempts:
                     raise FactoryError(f"chunk {chunk.chunk_id} failed {attempts[chunk.chunk_id]} times "
-                                       f"({_last_line(error)})") from None
+                                       f"({last_line(error)})") from None
                 logger.warning("actor %s died while encoding %s; chunk re-queued", slot.name, chunk.chunk_id)
                 queue.appendleft(chunk)
                 summary.resubmitted_chunks += 1
                 continue
             except RayTaskError as error:
-                raise FactoryError(f"chunk {chunk.chunk_id} failed on {slot.name}: {_last_line(error)}") from None
+                raise FactoryError(f"chunk {chunk.chunk_id} failed on {slot.name}: {last_line(error)}") from None
             finished.append((chunk, result))
         if finished:
             _record(committer, finished, summary, bar, on_commit, [s.name for s in slots],
@@ -389,7 +390,7 @@ def _record(committer: Any, items: list[tuple[EncodeChunk, ChunkResult]], summar
     for chunk, result in items:
         if result.rows != chunk.rows:
             raise FactoryError(f"chunk {chunk.chunk_id}: the stage made {result.rows} rows, expected {chunk.rows}")
-    rows = _commit(committer, items)
+    rows = commit_results(committer, items)
     summary.committed_chunks += len(items)
     summary.rows_committed += rows
     bar.update(sum(chunk.rows for chunk, _ in items))
@@ -416,5 +417,5 @@ def _finish(summary: EncodeSummary, state: Path, started: float) -> EncodeSummar
     dataset = open_dataset(encoded_uri(summary.data))
     summary.rows_total = 0 if dataset is None else dataset.count_rows()
     summary.seconds = time.perf_counter() - started
-    _write_json(state / "last-run.json", summary.to_dict())
+    write_json(state / "last-run.json", summary.to_dict())
     return summary

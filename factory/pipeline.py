@@ -51,7 +51,6 @@ from factory.recipes import FactoryConfig
 
 logger = logging.getLogger(__name__)
 
-_write_json = write_json  # factory/encode.py imports the pipeline's helpers under these names
 
 
 
@@ -184,7 +183,7 @@ class ProgressBars:
 
 
 @dataclasses.dataclass
-class _Slot:
+class WorkerSlot:
     name: str
     domain: str
     handle: Any
@@ -231,7 +230,7 @@ def run_factory(config: FactoryConfig, *, address: str | None = None, num_cpus: 
             summary = RunSummary(out=str(out), ray_address="", domains=list(config.domains),
                                  planned_chunks=len(chunks), skipped_chunks=len(chunks))
             return _finish(summary, state, row_counts(config.out), started)
-        ray_address = stack.enter_context(_ray_session(address, local_cpus, state))
+        ray_address = stack.enter_context(ray_session(address, local_cpus, state))
         summary = RunSummary(out=str(out), ray_address=ray_address, domains=list(config.domains))
         slots, schemas = _start_workers(config, domains, summary)
         if address is None:
@@ -261,12 +260,12 @@ def _pending(chunks: list[Chunk], done: dict[str, set[str]]) -> list[Chunk]:
     return [c for c in chunks if c.chunk_id not in done.get(c.table, set())]
 
 
-def _schedule(config: FactoryConfig, slots: list[_Slot], pending: list[Chunk], committers: dict[str, Any],
+def _schedule(config: FactoryConfig, slots: list[WorkerSlot], pending: list[Chunk], committers: dict[str, Any],
               summary: RunSummary, bars: Any, on_commit: Callable[[CommitEvent], None] | None) -> None:
     queues: dict[str, deque[Chunk]] = {domain: deque() for domain in config.domains}
     for chunk in pending:
         queues[chunk.domain].append(chunk)
-    in_flight: dict[Any, tuple[_Slot, Chunk]] = {}
+    in_flight: dict[Any, tuple[WorkerSlot, Chunk]] = {}
     attempts: Counter[str] = Counter()
     nodes: Counter[str] = Counter()
     while in_flight or any(queues.values()):
@@ -287,15 +286,15 @@ def _schedule(config: FactoryConfig, slots: list[_Slot], pending: list[Chunk], c
                 result: ChunkResult = ray.get(ref)
             except RayActorError as error:  # the actor died (Ray restarts it): run the chunk again
                 attempts[chunk.chunk_id] += 1
-                if _permanent(error) or attempts[chunk.chunk_id] >= config.max_chunk_attempts:
+                if is_permanent_failure(error) or attempts[chunk.chunk_id] >= config.max_chunk_attempts:
                     raise FactoryError(f"chunk {chunk.chunk_id} failed {attempts[chunk.chunk_id]} times "
-                                       f"({_last_line(error)})") from None
+                                       f"({last_line(error)})") from None
                 logger.warning("actor %s died while running %s; chunk re-queued", slot.name, chunk.chunk_id)
                 queues[chunk.domain].appendleft(chunk)
                 summary.resubmitted_chunks += 1
                 continue
             except RayTaskError as error:  # the stage raised: deterministic, retrying will not help
-                raise FactoryError(f"chunk {chunk.chunk_id} failed on {slot.name}: {_last_line(error)}") from None
+                raise FactoryError(f"chunk {chunk.chunk_id} failed on {slot.name}: {last_line(error)}") from None
             if result.rows != chunk.size:
                 raise FactoryError(f"chunk {chunk.chunk_id}: the stage made {result.rows} rows, expected {chunk.size}")
             finished[chunk.table].append((chunk, result))
@@ -303,7 +302,7 @@ def _schedule(config: FactoryConfig, slots: list[_Slot], pending: list[Chunk], c
             summary.actor_busy_seconds += result.seconds
         for table, items in finished.items():
             if items:
-                rows = _commit(committers[table], items)
+                rows = commit_results(committers[table], items)
                 summary.committed_chunks += len(items)
                 summary.rows_committed[table] = summary.rows_committed.get(table, 0) + rows
                 summary.bytes_written += sum(result.nbytes for _, result in items)
@@ -319,7 +318,7 @@ def _cleanup_orphans(committers: dict[str, Any]) -> int:
     return sum(committer.cleanup_orphans() for committer in committers.values())
 
 
-def _commit(committer: Any, items: list[tuple[Chunk, ChunkResult]]) -> int:
+def commit_results(committer: Any, items: list[tuple[Chunk, ChunkResult]]) -> int:
     """One Append for all finished chunks of a table; chunk by chunk if some were committed already."""
     from factory.sink import ChunkConflictError
 
@@ -329,12 +328,12 @@ def _commit(committer: Any, items: list[tuple[Chunk, ChunkResult]]) -> int:
         return sum(committer.commit([c.chunk_id], r.fragments_json) for c, r in items)
 
 
-def _permanent(error: RayActorError) -> bool:
+def is_permanent_failure(error: RayActorError) -> bool:
     """An actor that cannot come back (its constructor raised)."""
     return isinstance(error, ActorDiedError) and "creation task" in str(error)
 
 
-def _last_line(error: BaseException) -> str:
+def last_line(error: BaseException) -> str:
     """The exception line of a Ray error's remote traceback (a one-line reason)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -360,7 +359,7 @@ def _resolve_domains(config: FactoryConfig, *, local: bool) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _ray_session(address: str | None, num_cpus: int, state: Path) -> Iterator[str]:
+def ray_session(address: str | None, num_cpus: int, state: Path) -> Iterator[str]:
     """Start a local Ray (address None) or connect to one; shut down only what was started here."""
     if ray.is_initialized():
         raise UserError("Ray is already initialised in this process; run the factory in a fresh process")
@@ -378,7 +377,7 @@ def _ray_session(address: str | None, num_cpus: int, state: Path) -> Iterator[st
     except (ConnectionError, ValueError, RuntimeError) as error:
         hint = " (a token-auth cluster needs RAY_AUTH_MODE=token)" if "token" in str(error).lower() else ""
         where = f"connect to Ray at {address}" if address else "start a local Ray"
-        raise UserError(f"cannot {where}: {_last_line(error)}{hint}") from None
+        raise UserError(f"cannot {where}: {last_line(error)}{hint}") from None
     try:
         yield str(getattr(context, "address_info", {}).get("gcs_address") or address or "local")
     finally:
@@ -414,7 +413,7 @@ def _record_local_ray(path: Path) -> None:
 
 
 def _start_workers(config: FactoryConfig, domains: list[Any], summary: RunSummary
-                   ) -> tuple[list[_Slot], dict[str, Any]]:
+                   ) -> tuple[list[WorkerSlot], dict[str, Any]]:
     """Create the actors, wait until every one loaded its stages, check they agree on the schemas."""
     use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
     resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
@@ -426,11 +425,11 @@ def _start_workers(config: FactoryConfig, domains: list[Any], summary: RunSummar
             name = f"factory/{domain.name}/{index}"  # ray.get_actor(name) in this driver's namespace
             handle = worker_class.options(name=name, max_restarts=-1, max_task_retries=0, **resources).remote(
                 domain, config, cache)
-            slots.append(_Slot(name, domain.name, handle))
+            slots.append(WorkerSlot(name, domain.name, handle))
     try:
-        described = _wait_for_workers(slots)
+        described = wait_for_workers(slots)
     except RayActorError as error:
-        raise UserError(f"a factory worker could not start: {_last_line(error)}") from None
+        raise UserError(f"a factory worker could not start: {last_line(error)}") from None
     from avatar4d.data.schema import check_compatible
 
     schemas: dict[str, Any] = {}
@@ -447,7 +446,7 @@ def _start_workers(config: FactoryConfig, domains: list[Any], summary: RunSummar
     return slots, schemas
 
 
-def _wait_for_workers(slots: list[_Slot], report_every_s: float = 30.0) -> list[dict[str, Any]]:
+def wait_for_workers(slots: list[WorkerSlot], report_every_s: float = 30.0) -> list[dict[str, Any]]:
     """``describe()`` of every worker; says so while some cannot be placed (a full cluster waits)."""
     refs = [slot.handle.describe.remote() for slot in slots]
     while True:
