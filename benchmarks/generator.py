@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avatar4d.geometry.camera import PoseSampler  # noqa: E402
 from avatar4d.geometry.morphable import default_head_model  # noqa: E402
+from avatar4d.hardware import cpu_model
 from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
@@ -52,15 +53,6 @@ STAGE_BOUNDARIES = [
 ]
 STAGES = [stage for _, _, stage in STAGE_BOUNDARIES]
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def device_name(device: torch.device) -> str:

@@ -43,6 +43,7 @@ import pyarrow as pa  # noqa: E402
 
 from avatar4d.data.reader import LanceShardReader  # noqa: E402
 from avatar4d.data.schema import TensorSpec  # noqa: E402
+from avatar4d.hardware import cpu_model
 from factory.sink import LanceCommitter, dataset_bytes, write_fragments  # noqa: E402
 
 MB = 1e6
@@ -177,15 +178,6 @@ def measure_commit_latency(work_dir: Path, commits: int, window: int = 50) -> di
     return {"commits": commits, "first_ms": 1e3 * statistics.median(times[:window]),
             "last_ms": 1e3 * statistics.median(times[-window:]), "compact_s": compact_s}
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def report(results: list[dict[str, Any]], env: dict[str, Any], latency: dict[str, float] | None = None) -> str:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from avatar4d.hardware import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -250,21 +252,11 @@ def versions() -> dict[str, str]:
             "deepspeed": deepspeed.__version__, "mlflow": mlflow.__version__, "pylance": lance.__version__}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def report(rows: list[dict], gpu_rows: list[dict], args: argparse.Namespace, seconds: float) -> str:
     import os
 
     lines = [f"# Training step throughput (CPU, tiny presets) — {args.date}", "",
-             f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs while measuring); "
+             f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs (shared with other jobs while measuring); "
              "no GPU in this session.", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
              f"Command: `python benchmarks/train_step.py --window {args.window} --windows {args.windows}` "
              f"({seconds / 60:.1f} min).", "",
