@@ -31,11 +31,11 @@ def test_shrunk_pickle_is_refused_with_the_mismatched_shapes(tmp_path):
 
 
 def test_cli_reports_a_missing_or_foreign_file_in_one_line(tmp_path, capsys):
-    assert main(["convert", "next3d-pkl", str(tmp_path / "nope.pkl"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["convert", "next3d-pkl", str(tmp_path / "nope.pkl"), "--out", str(tmp_path / "o")]) == 1
     assert "pickle not found" in capsys.readouterr().err
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(b"definitely not a pickle")
-    assert main(["convert", "next3d-pkl", str(junk), "--out", str(tmp_path / "o")]) == 2
+    assert main(["convert", "next3d-pkl", str(junk), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("avatar4d: error:") and len(err.strip().splitlines()) == 1
 
