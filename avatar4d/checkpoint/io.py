@@ -1,8 +1,12 @@
-"""avatar4d checkpoints: a folder holding ``model.safetensors`` (weights) and ``checkpoint.json``
-(format tag, component name, typed config, training step, free-form metadata, weight hash).
+"""avatar4d checkpoints: a folder holding ``model.safetensors`` (weights), ``config.json`` (the
+model's typed config: the Hugging Face layout) and ``checkpoint.json`` (format tag, component name,
+config, training step, free-form metadata, weight hash).
 
 No pickles are written or read: weights are safetensors, everything else is JSON. Saving is
 atomic (written to a temporary folder, then renamed), so a crash never leaves half a checkpoint.
+Folders and files follow the process umask (0755/0644 under umask 0022), so others on a shared
+filesystem can read them. Models offer the same through ``save_pretrained``/``from_pretrained``
+(:mod:`avatar4d.checkpoint.pretrained`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ FORMAT_NAME = "avatar4d-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "checkpoint.json"
+CONFIG_FILE = "config.json"
 
 
 class CheckpointError(UserError):
@@ -73,7 +79,8 @@ def save_checkpoint(directory: str | Path, state_dict: Mapping[str, Tensor], *, 
         # safetensors refuses shared storage; every tensor gets its own contiguous copy on CPU.
         tensors[name] = value.detach().to("cpu").contiguous().clone()
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = directory.parent / f".{directory.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir()  # mode 0777 & ~umask (tempfile.mkdtemp would make it 0700)
     try:
         weights = staging / WEIGHTS_FILE
         # one metadata entry only: safetensors writes a multi-key metadata map in hash order, which
@@ -90,6 +97,9 @@ def save_checkpoint(directory: str | Path, state_dict: Mapping[str, Tensor], *, 
             "avatar4d_version": __version__,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        (staging / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+        # safetensors writes 0600 whatever the umask; give the weights the mode open() gave the JSON
+        os.chmod(weights, stat.S_IMODE((staging / CONFIG_FILE).stat().st_mode))
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

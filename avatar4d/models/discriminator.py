@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar4d.checkpoint.pretrained import PretrainedMixin
 from avatar4d.config import Config, PresetRegistry
 from avatar4d.models.layers import FullyConnectedLayer, bias_act
 from avatar4d.models.stylegan2.mapping import MappingNetwork
@@ -167,7 +168,7 @@ class DiscriminatorEpilogue(nn.Module):
         return x
 
 
-class DualDiscriminator(nn.Module):
+class DualDiscriminator(PretrainedMixin, nn.Module, component="dual_discriminator"):
     """EG3D ``DualDiscriminator``: logits [B, 1] for (final image, raw image, camera label)."""
 
     def __init__(self, config: DualDiscriminatorConfig) -> None:

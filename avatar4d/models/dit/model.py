@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from avatar4d.checkpoint.pretrained import PretrainedMixin
 from avatar4d.models.dit.blocks import GATE_CHUNKS, FinalLayer, PixArtBlock
 from avatar4d.models.dit.config import DiTConfig
 from avatar4d.models.dit.embeddings import PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
@@ -25,7 +26,7 @@ from avatar4d.models.dit.resampler import PerceiverResampler
 logger = logging.getLogger(__name__)
 
 
-class ImageConditionedDiT(nn.Module):
+class ImageConditionedDiT(PretrainedMixin, nn.Module, component="dit"):
     """DiT-XL/2-style denoiser with adaLN-single, CLIP cross-attention and DINO self-attention tokens.
 
     Set ``gradient_checkpointing = True`` to recompute each block in the backward pass.

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar4d.checkpoint.pretrained import PretrainedMixin
 from avatar4d.geometry.camera import Camera
 from avatar4d.geometry.morphable import MorphableModel, default_head_model
 from avatar4d.geometry.raster import OrthographicView, get_rasterizer, render_uv_to_plane
@@ -89,7 +90,7 @@ class MeshConditioner(nn.Module):
         return plane.grid(), plane.mask.permute(0, 3, 1, 2).float()
 
 
-class Next3DGenerator(nn.Module):
+class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
     """Next3D++ generator; parameter names and shapes match the released ``G_ema`` for ``paper``."""
 
     def __init__(self, config: GeneratorConfig, head: MorphableModel | None = None) -> None:

@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from avatar4d.checkpoint.pretrained import PretrainedMixin
 from avatar4d.models.vae.config import TriplaneVAEConfig
 from avatar4d.models.vae.decoder import TriplaneDecoder
 from avatar4d.models.vae.distribution import DiagonalGaussian
@@ -50,7 +51,7 @@ class VAEOutput:
     latent: Tensor              # [B, embed_dim, F, r, r], the z that was decoded
 
 
-class TriplaneVAE(nn.Module):
+class TriplaneVAE(PretrainedMixin, nn.Module, component="triplane_vae"):
     """KL-regularised 3D-conv autoencoder of parametric triplanes (paper preset = the release)."""
 
     def __init__(self, config: TriplaneVAEConfig) -> None:
