@@ -93,6 +93,8 @@ class MeshConditioner(nn.Module):
 class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
     """Next3D++ generator; parameter names and shapes match the released ``G_ema`` for ``paper``."""
 
+    kind = "gan"
+
     def __init__(self, config: GeneratorConfig, head: MorphableModel | None = None) -> None:
         super().__init__()
         self.config = config
@@ -108,6 +110,30 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         self.mesh_conditioner = MeshConditioner(head or default_head_model(), self.face_box,
                                                 config.rendering.box_warp, config.rasterizer_backend)
         self.num_ws = self.backbone.num_ws
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.backbone.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.backbone.w_dim
+
+    def identity_for_latent(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor | None:
+        """None: a GAN's latent does not fix the mesh's identity (the procedural world's does)."""
+        return None
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.backbone.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.config.backbone.w_dim
+
+    def identity_for_latent(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor | None:
+        """None: a GAN's latent does not fix the mesh's identity (the procedural world's does)."""
+        return None
 
     # --- mapping --------------------------------------------------------------------------
     def mapping(self, z: Tensor, camera: Camera, *, truncation_psi: float = 1.0,
