@@ -52,17 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="tiny", choices=["tiny", "paper"],
                         help="tiny (default): CPU-size model and run; paper: the paper's sizes and schedule")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="the factory output folder (default ./data)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="a complete task config (YAML or JSON, e.g. from --print-config) instead of the recipe; "
+                             "the options below still override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config the options make (YAML) and exit")
+    parser.add_argument("--data", default=None, metavar="DIR", help="the factory output folder (default ./data)")
     parser.add_argument("--run-name", default=None, metavar="NAME", help="run name (default: <task>-<recipe>)")
-    parser.add_argument("--storage", type=Path, default=Path("runs"),
+    parser.add_argument("--storage", default=None, metavar="DIR",
                         help="folder of the run folders and the default MLflow database (default ./runs)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="training workers (default: recipe)")
     parser.add_argument("--steps", type=int, default=None, metavar="N", help="optimiser steps (default: recipe)")
     parser.add_argument("--resume", action="store_true", help="continue the run of the same name from its last "
                                                                "checkpoint")
-    parser.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --storage)")
-    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: avatar4d)")
+    parser.add_argument("--address", default=None, metavar="ADDRESS",
+                        help="Ray cluster to join: HOST:PORT, auto or ray://… (default: $RAY_ADDRESS, else start a "
+                             "local Ray)")
+    parser.add_argument("--tracking-uri", default=None, metavar="URI",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<storage>/mlflow.db)")
+    parser.add_argument("--experiment", default=None, metavar="NAME",
+                        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else avatar4d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="override any config value, e.g. --set train.lr=3e-4 --set model.depth=4 (YAML values)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,16 +99,39 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def load_config_file(path: Path, task: str) -> Any:
+    """A task config from ``--config FILE`` (YAML or JSON); its ``task`` must be ``task``."""
+    import yaml
+
+    from train.task import task_classes
+
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path} is not YAML or JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} does not hold a config mapping")
+    if data.setdefault("task", task) != task:
+        raise UserError(f"--config {path} is a {data['task']!r} config, not a {task!r} one")
+    _, config_class = task_classes(task)
+    return config_class.from_dict(data)
+
+
 def build_config(args: argparse.Namespace) -> Any:
-    """The task config of the recipe with the command line's overrides."""
+    """The task config of the recipe (or ``--config``) with the command line's overrides."""
     from train.config import apply_overrides
 
     if args.task == "vae":
         from train.vae.recipes import get_recipe
     else:
         from train.dit.recipes import get_recipe
-    config = get_recipe(args.recipe)
-    overrides: dict[str, Any] = {"data": str(args.data), "train.storage_path": str(args.storage)}
+    config = load_config_file(args.config, args.task) if getattr(args, "config", None) else get_recipe(args.recipe)
+    overrides: dict[str, Any] = {}
+    for option, path in (("data", "data"), ("storage", "train.storage_path")):
+        if getattr(args, option) is not None:
+            overrides[path] = str(getattr(args, option))
     for option, path in (("workers", "train.num_workers"), ("steps", "train.steps"), ("run_name", "train.run_name"),
                          ("tracking_uri", "train.tracking_uri"), ("experiment", "train.experiment")):
         if getattr(args, option) is not None:
@@ -115,23 +147,53 @@ def build_config(args: argparse.Namespace) -> Any:
     return apply_overrides(config, overrides).with_defaults(args.recipe)
 
 
+def shown(path: str | Path) -> str:
+    """``path`` relative to the current folder when it lies inside it (as the user typed it), else absolute."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
+def summary_line(result: Any, config: Any) -> str:
+    """The one line a finished run prints: step, loss, time, and where everything is."""
+    loss = result.metrics.get("loss")
+    loss_text = f", loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+    minutes, seconds = divmod(round(result.seconds), 60)
+    tracking = result.tracking_uri
+    if tracking.startswith("sqlite:///"):
+        tracking = f"sqlite:///{shown(tracking.removeprefix('sqlite:///'))}"
+    return (f"run {config.train.run_name}: step {result.final_step}{loss_text} in {minutes}m{seconds:02d}s; "
+            f"final model {shown(result.run_dir)}/final; MLflow {tracking} experiment {result.experiment}, "
+            f"model {result.model_uri}")
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _train(args: argparse.Namespace) -> int:
-    if not args.data.is_dir():
-        raise UserError(f"--data {args.data} is not a folder (make one with `avatar4d factory run --out DIR`)")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     config = build_config(args)
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    data = Path(config.data)
+    if "://" not in config.data and not data.is_dir():
+        raise UserError(f"--data {data} is not a folder (make one with `avatar4d factory run --out DIR`)")
+    import signal
+
     from train.runner import TrainingError, run_training
 
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # `kill` ends the MLflow run as KILLED
     try:
-        result = run_training(config, resume=args.resume, address=args.address, progress=not args.no_progress)
+        result = run_training(config, resume=args.resume, address=args.address, progress=not args.no_progress,
+                              verbose=args.verbose > 0)
     except TrainingError as exc:
         raise UserError(str(exc)) from None
-    loss = result.metrics.get("loss")
-    loss_text = f", loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-    print(f"run {config.train.run_name}: step {result.final_step}{loss_text}; checkpoints in {result.run_dir}, "
-          f"final model in {result.run_dir}/final, MLflow {config.train.resolved_tracking_uri()} "
-          f"(model {config.train.registered_model})")
+    print(summary_line(result, config))
     return 0

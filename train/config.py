@@ -35,8 +35,11 @@ class TrainConfig(Config):
     fp32 on CPUs (DeepSpeed's fp16 is never used). ``cpus_per_worker`` is also the torch thread count
     of a CPU worker. ``checkpoint_every``: steps between checkpoints (the last step is always
     checkpointed). ``log_every`` / ``image_every``: steps between metric reports / sample grids (0:
-    sample grids only after the last step). ``tracking_uri`` None: ``sqlite:///<storage>/mlflow.db``
-    with artifacts in ``<storage>/mlartifacts``. ``registered_model`` None: ``avatar4d-<task>``.
+    sample grids only after the last step). ``tracking_uri`` / ``experiment`` None: MLflow's
+    precedence, resolved on the driver by :func:`train.tracking.resolve_tracking` (the flag, then
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME``, then ``sqlite:///<storage>/mlflow.db`` and
+    ``avatar4d``); artifacts of a sqlite store go next to its database (``<db folder>/mlartifacts``).
+    ``registered_model`` None: ``avatar4d-<task>``.
     ``max_failures``: worker-group restarts Ray Train makes from the last checkpoint.
     """
 
@@ -65,7 +68,7 @@ class TrainConfig(Config):
     max_failures: int = 1
     data_workers: int = 0
     tracking_uri: str | None = None
-    experiment: str = "avatar4d"
+    experiment: str | None = None
     registered_model: str | None = None
 
     def __post_init__(self) -> None:
@@ -105,17 +108,20 @@ class TrainConfig(Config):
         return Path(self.storage_path).expanduser() / self.run_name
 
     def resolved_tracking_uri(self) -> str:
-        """The MLflow tracking URI: the configured one, else a sqlite file next to the runs."""
+        """The MLflow tracking URI: the configured one, else a sqlite file next to the runs (the
+        environment is consulted on the driver only, by :func:`train.tracking.resolve_tracking`)."""
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{Path(self.storage_path).expanduser().resolve() / 'mlflow.db'}"
 
     def artifact_location(self) -> str | None:
-        """Where a new MLflow experiment keeps artifacts: ``<storage>/mlartifacts`` for the default
-        sqlite store (MLflow would otherwise use ./mlruns of whatever folder the worker runs in)."""
-        if self.tracking_uri:
+        """Where a new MLflow experiment keeps artifacts: ``<db folder>/mlartifacts`` for a sqlite
+        store (MLflow would otherwise use ./mlruns of whatever folder the process runs in); None
+        (the tracking server decides) for any other store."""
+        uri = self.resolved_tracking_uri()
+        if not uri.startswith("sqlite:///"):
             return None
-        return (Path(self.storage_path).expanduser().resolve() / "mlartifacts").as_uri()
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
 
     def resolved_precision(self, on_gpu: bool) -> str:
         if self.precision == "auto":

@@ -6,9 +6,11 @@ with ``drop_remainder``, so all ranks make the same number of steps per epoch) i
 shuffled order drawn from the run seed. The driver pins the dataset version it checked, so every
 rank (and every restart) reads the same rows even while the factory appends.
 
-On resume a rank continues with the *next* epoch after the one it was in when the checkpoint was
-written (the partial epoch's remaining batches are skipped; reading them back would mean reading
-their triplanes). The step counter, optimiser and EMA continue exactly.
+The data position is part of a checkpoint: the epoch and the number of micro-batches of it already
+consumed. On resume a rank continues in the same epoch's order right after them, so a replayed
+step sees the same samples as the first time (with the restored optimiser, EMA and per-step
+random seeds, a replay is the same computation). Skipping reads the skipped batches once (the
+reader has no random access into its shuffled share); that costs at most one epoch's share.
 
 Tensor columns besides the factory's own (``clip_tokens``, ``dino_tokens``, ``latent`` of the
 encoded dataset) are raw little-endian bytes, or fixed-size float lists, with a
@@ -104,11 +106,13 @@ def decode_tensor_column(values: Any, spec: TensorSpec, column: str) -> Tensor:
 class RankStream:
     """Endless micro-batches of one rank: epoch after epoch of its shuffled share.
 
-    ``epoch`` is the epoch of the batch last yielded (what a checkpoint records).
+    ``epoch`` is the epoch of the batch last yielded and ``position`` how many batches of that epoch
+    have been yielded (what a checkpoint records); ``start_position`` skips that many batches of
+    ``start_epoch`` first.
     """
 
     def __init__(self, info: DatasetInfo, columns: list[str], *, rank: int, world_size: int, batch_size: int,
-                 seed: int, start_epoch: int = 0, data_workers: int = 0) -> None:
+                 seed: int, start_epoch: int = 0, start_position: int = 0, data_workers: int = 0) -> None:
         from avatar4d.data.reader import LanceShardReader
 
         self.reader = LanceShardReader(info.uri, columns=columns, rank=rank, world_size=world_size,
@@ -116,6 +120,8 @@ class RankStream:
                                        drop_remainder=True, version=info.version)
         self.info = info
         self.epoch = start_epoch
+        self.position = 0
+        self.start_position = start_position
         self.data_workers = data_workers
 
     def _loader(self) -> Any:
@@ -128,14 +134,18 @@ class RankStream:
                           multiprocessing_context="spawn", persistent_workers=False)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch
+        epoch, skip = self.epoch, self.start_position
         while True:
             self.reader.set_epoch(epoch)
             self.epoch = epoch
             produced = 0
             for batch in self._loader():
                 produced += 1
+                if produced <= skip:
+                    continue
+                self.position = produced
                 yield batch
+            skip = 0
             if produced == 0:
                 raise DatasetError(f"rank {self.reader.rank}: epoch {epoch} of {self.info.uri} gave no full "
                                    f"micro-batch of {self.reader.batch_size}")

@@ -10,16 +10,23 @@ Per rank (:func:`worker_main`, the ``train_loop_per_worker`` of a ``TorchTrainer
    on CPUs, DeepSpeed's ``WarmupLR``) make the engine; the EMA starts from the initial weights;
 3. if Ray Train hands over a checkpoint (``ray.train.get_checkpoint()``: a worker-group restart
    after a failure, or a re-run with the same run name) the engine loads its DeepSpeed state
-   (sharded optimiser states included) and rank 0's files restore the step, the data epoch and
-   the EMA;
+   (sharded optimiser states included) and rank 0's files restore the step, the data position
+   (epoch and micro-batches consumed: every rank consumes the same number) and the EMA, so replayed
+   steps repeat the same computation;
 4. steps ``start..steps``: ``grad_accumulation`` micro-batches (``engine.backward``/``engine.step``),
    then the EMA update. Every ``log_every`` steps the metrics are averaged over ranks and
    reported; every ``checkpoint_every`` steps (and after the last) every rank writes its DeepSpeed
    shard into a temporary folder, rank 0 adds ``trainer_state.json`` and ``ema.safetensors``, and
    all ranks call ``ray.train.report(..., checkpoint=...)``: Ray merges the folders into
    ``<storage>/<run>/checkpoint_<step>``;
-5. rank 0 logs to MLflow, logs sample grids of the EMA model, and at the end saves the EMA model
-   as an avatar4d checkpoint in ``<storage>/<run>/final`` and registers it.
+5. rank 0 logs metrics and labelled sample grids of the EMA model into the driver's MLflow run
+   (:class:`train.tracking.WorkerTracker`; steps an earlier attempt logged are not logged again),
+   and at the end saves the EMA model as an avatar4d checkpoint in ``<storage>/<run>/final``; the
+   driver logs and registers it.
+
+On CPUs DeepSpeed's shared-memory all-reduce op (a C++ extension JIT-compiled on first use, ~1 min
+and a compiler) is not built: gloo's all-reduce does the work. ``AVATAR4D_DEEPSPEED_SHM=1`` builds
+and uses it anyway.
 
 Fault injection for tests: when the environment variable ``AVATAR4D_TRAIN_FAULT_FILE`` names an
 existing JSON file ``{"step": k, "rank": r}``, rank r renames the file (so the fault fires once)
@@ -55,16 +62,19 @@ PROGRESS_FILE = "progress.json"
 EVENTS_FILE = "events.jsonl"
 FINAL_DIR = "final"
 FAULT_ENV = "AVATAR4D_TRAIN_FAULT_FILE"
+SHM_ENV = "AVATAR4D_DEEPSPEED_SHM"
 
 
 @dataclasses.dataclass
 class TrainerState:
-    """What a checkpoint records besides the DeepSpeed state: steps done, data epoch, EMA updates."""
+    """What a checkpoint records besides the DeepSpeed state: steps done, the data position (epoch
+    and micro-batches of it consumed), EMA updates."""
 
     step: int = 0
     epoch: int = 0
     ema_updates: int = 0
     samples: int = 0
+    batches_in_epoch: int = 0
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -113,6 +123,16 @@ def maybe_inject_fault(step: int, rank: int) -> None:
     os._exit(1)
 
 
+def skip_cpu_shm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op on CPUs (see the module
+    docstring); without it DeepSpeed's comm layer uses torch.distributed (gloo) directly."""
+    if os.environ.get(SHM_ENV) == "1":
+        return
+    import deepspeed.comm.torch
+
+    deepspeed.comm.torch.build_shm_op = lambda: None
+
+
 def reduce_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
     """Mean of each metric over all ranks (every rank must pass the same keys)."""
     import torch.distributed as dist
@@ -140,7 +160,8 @@ def restore(checkpoint: Any, engine: Any, ema: ExponentialMovingAverage) -> Trai
                                          load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/{DEEPSPEED_TAG}")
-        state = TrainerState(**json.loads((Path(directory) / STATE_FILE).read_text()))
+        fields = json.loads((Path(directory) / STATE_FILE).read_text())
+        state = TrainerState(**{k: v for k, v in fields.items() if k in TrainerState.__dataclass_fields__})
         ema.load_state_dict(load_file(str(Path(directory) / EMA_FILE)), state.ema_updates)
     return state
 
@@ -164,10 +185,11 @@ def save_checkpoint(engine: Any, ema: ExponentialMovingAverage, state: TrainerSt
 class Loop:
     """One rank's training loop (see the module docstring)."""
 
-    def __init__(self, config: TaskConfig, datasets: dict[str, DatasetInfo]) -> None:
+    def __init__(self, config: TaskConfig, datasets: dict[str, DatasetInfo], mlflow_run_id: str | None = None) -> None:
         import ray.train
 
         self.config = config
+        self.mlflow_run_id = mlflow_run_id
         self.train = config.train
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
@@ -192,6 +214,8 @@ class Loop:
         import ray.train
 
         train = self.train
+        if not self.on_gpu:
+            skip_cpu_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
         torch.manual_seed(train.seed)
         model = self.task.build_model()
@@ -210,19 +234,14 @@ class Loop:
                          world_size=self.world_size)
         logger.info("rank %d/%d: steps %d..%d on %s", self.rank, self.world_size, state.step + 1, train.steps,
                     self.device)
-        stream = self.task.batches(state.epoch + (1 if restored_from is not None else 0))
-        try:
-            self._loop(engine, ema, state, stream)
-        except BaseException:
-            if self.tracker is not None:
-                self.tracker.end("FAILED")
-            raise
+        stream = self.task.batches(state.epoch, state.batches_in_epoch)
+        self._loop(engine, ema, state, stream)
 
     def _start_tracking(self) -> None:
-        from train.tracking import MlflowTracker
+        from train.tracking import WorkerTracker
 
-        self.tracker = MlflowTracker(self.train, self.config.task)
-        self.tracker.start(self.config.to_dict())
+        if self.mlflow_run_id and self.train.tracking_uri:
+            self.tracker = WorkerTracker(self.train.tracking_uri, self.mlflow_run_id)
 
     def _loop(self, engine: Any, ema: ExponentialMovingAverage, state: TrainerState, stream: Any) -> None:
         train = self.train
@@ -241,7 +260,8 @@ class Loop:
                 count += 1
             ema.update(engine.module)
             state = TrainerState(step=step, epoch=getattr(stream, "epoch", 0), ema_updates=ema.num_updates,
-                                 samples=state.samples + train.samples_per_step)
+                                 samples=state.samples + train.samples_per_step,
+                                 batches_in_epoch=getattr(stream, "position", 0))
             window_samples += train.samples_per_step
             maybe_inject_fault(step, self.rank)
             is_last = step == train.steps
@@ -297,16 +317,22 @@ class Loop:
         with tempfile.TemporaryDirectory(prefix="avatar4d-final-") as scratch:
             final = self.run_dir / FINAL_DIR if self.run_dir is not None else Path(scratch) / FINAL_DIR
             self.task.save_model(model, final, step=state.step, metadata=metadata)
-            if self.tracker is not None:
-                self.tracker.log_final(model, final, self.train.registered_model or f"avatar4d-{self.config.task}")
-                self.tracker.end()
+            if self.run_dir is None:  # remote storage: the driver fetches it from there
+                import pyarrow.fs
+
+                pyarrow.fs.copy_files(str(final), f"{self.train.storage_path.rstrip('/')}/{self.train.run_name}/"
+                                                  f"{FINAL_DIR}")
         append_event(self.run_dir, "end", step=state.step)
 
 
 def worker_main(payload: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: ``payload`` = {"config": task config dict, "datasets": {name: DatasetInfo dict}}."""
+    """``train_loop_per_worker``: ``payload`` = {"config": task config dict, "datasets": {name: DatasetInfo
+    dict}, "mlflow_run_id": the driver's MLflow run}."""
+    import warnings
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, once per worker
     config = config_from_dict(payload["config"])
     datasets = {name: DatasetInfo(**{**info, "columns": tuple(info["columns"])})
                 for name, info in payload["datasets"].items()}
-    Loop(config, datasets).run()
+    Loop(config, datasets, payload.get("mlflow_run_id")).run()

@@ -12,7 +12,7 @@ import dataclasses
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +36,37 @@ class TaskConfig(Config):
     task: str = ""
     data: str = "data"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    #: dotted config paths holding local paths (str or list of str), made absolute on the driver
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data", "train.storage_path")
+
+    def absolute_paths(self, base: Path | None = None) -> TaskConfig:
+        """Every local path of :attr:`PATH_FIELDS` made absolute against ``base`` (default: the
+        current folder) and ``~`` expanded; URIs (``s3://…``) stay as they are. The driver calls
+        this: Ray Train workers run in folders of their own, where relative paths mean nothing."""
+        from train.config import apply_overrides
+
+        base = (base or Path.cwd()).resolve()
+
+        def absolute(value: str) -> str:
+            if "://" in value:
+                return value
+            return str((base / Path(value).expanduser()).resolve())
+
+        data = self.to_dict()
+        overrides: dict[str, Any] = {}
+        for path in self.PATH_FIELDS:
+            node: Any = data
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, str) and node:
+                overrides[path] = absolute(node)
+            elif isinstance(node, list):
+                overrides[path] = [absolute(str(v)) for v in node]
+        tracking = self.train.tracking_uri
+        if tracking and tracking.startswith("sqlite:///") and not tracking.startswith("sqlite:////"):
+            overrides["train.tracking_uri"] = f"sqlite:///{absolute(tracking.removeprefix('sqlite:///'))}"
+        return apply_overrides(self, overrides) if overrides else self  # type: ignore[return-value]
 
     def with_defaults(self, recipe: str) -> TaskConfig:
         """Fill what depends on the run: the run name (``<task>-<recipe>``) and the registered model."""
@@ -90,8 +121,9 @@ class TrainTask(abc.ABC):
         give the same result on every rank. Not called when resuming from a checkpoint."""
 
     @abc.abstractmethod
-    def batches(self, start_epoch: int) -> Iterator[dict[str, Any]]:
-        """This rank's endless micro-batches; ``.epoch`` of the returned iterable is the current epoch."""
+    def batches(self, start_epoch: int, start_position: int = 0) -> Iterator[dict[str, Any]]:
+        """This rank's endless micro-batches from batch ``start_position`` of epoch ``start_epoch``;
+        ``.epoch`` / ``.position`` of the returned iterable tell where it is (a :class:`train.data.RankStream`)."""
 
     @abc.abstractmethod
     def step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:

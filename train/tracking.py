@@ -1,21 +1,32 @@
-"""MLflow tracking from rank 0 only, with the plain ``mlflow`` client.
+"""MLflow tracking: the driver owns the MLflow run, rank 0 logs into it.
 
-(Ray Train V2 rejects ``MLflowLoggerCallback``.) One MLflow run per training run: it is found
-again on resume (and after a worker-group restart) by the tag ``avatar4d.run`` =
-``<storage>/<run name>``, so the metrics of every attempt land in the same run. Logged: the
-flattened config as params, scalar metrics per step, sample grids as images (``mlflow.log_image``
-with a key and step), and at the end our safetensors checkpoint as artifacts under ``checkpoint/``
-plus the EMA model through ``mlflow.pytorch.log_model(..., registered_model_name=...)`` (a new
-version of the registered model per finished run).
+(Ray Train V2 rejects ``MLflowLoggerCallback``.)
 
-The default store is ``sqlite:///<storage>/mlflow.db`` (MLflow 3.17's file store raises) with
-artifacts under ``<storage>/mlartifacts``; any tracking URI works through the config.
+- **Where** (:func:`resolve_tracking`, on the driver): MLflow's precedence, the ``--tracking-uri`` /
+  ``--experiment`` flags, then ``MLFLOW_TRACKING_URI`` / ``MLFLOW_EXPERIMENT_NAME``, then our default
+  ``sqlite:///<storage>/mlflow.db`` and ``avatar4d``. A relative sqlite path is made absolute. A new
+  experiment in a sqlite store keeps its artifacts next to the database (``<db folder>/mlartifacts``);
+  any other store (an MLflow server) decides itself.
+- **One MLflow run per training run** (:class:`RunTracking`, on the driver): found again on resume by
+  the tag ``avatar4d.run`` = ``<storage>/<run name>``. Params are the flattened config; MLflow params
+  are immutable, so extending a run (more steps) records ``extension.<n>.train.steps`` (and
+  ``…from_step``) and updates the tag ``avatar4d.steps``. The driver ends the run FINISHED, FAILED
+  (training failed) or KILLED (interrupted).
+- **Metrics and sample grids** (:class:`WorkerTracker`, rank 0, plain ``MlflowClient`` calls so no
+  worker process ever ends the run): each step is logged once; after a restart the steps already
+  logged are skipped (the replay computes the same values, see :mod:`train.data`).
+- **The final model** (:meth:`RunTracking.log_final`): our checkpoint folder as artifacts under
+  ``checkpoint/`` and a pyfunc (:mod:`train.mlflow_model`) with a signature, an input example, the
+  avatar4d core as ``code_paths`` and installable requirements, registered as
+  ``registered_model``: one version per MLflow run (a resumed or extended run replaces its own
+  earlier version unless that version has an alias).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +39,14 @@ logger = logging.getLogger(__name__)
 
 RUN_TAG = "avatar4d.run"
 TASK_TAG = "avatar4d.task"
+STEPS_TAG = "avatar4d.steps"
+EXTENSIONS_TAG = "avatar4d.extensions"
 MAX_PARAM_CHARS = 6000
+PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "avatar4d"
+MAX_EXAMPLE_VALUES = 1 << 20  # input examples above this size are left out (JSON in the model folder)
 
 
 def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -51,67 +69,196 @@ def run_key(train: TrainConfig) -> str:
     return f"{storage.rstrip('/')}/{train.run_name}"
 
 
-class MlflowTracker:
-    """The rank-0 MLflow run of one training run (see the module docstring)."""
+def _absolute_sqlite(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
+    return uri
+
+
+def resolve_tracking(train: TrainConfig, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """``train`` with ``tracking_uri`` and ``experiment`` fixed by MLflow's precedence (flag, then
+    environment, then our default); call on the driver, where the user's environment is."""
+    environ = os.environ if environ is None else environ
+    uri = train.tracking_uri or environ.get(ENV_TRACKING_URI) or None
+    experiment = train.experiment or environ.get(ENV_EXPERIMENT) or DEFAULT_EXPERIMENT
+    resolved = train.replace(tracking_uri=_absolute_sqlite(uri) if uri else None, experiment=experiment)
+    return resolved.replace(tracking_uri=resolved.resolved_tracking_uri())
+
+
+def _param_batches(params: Mapping[str, str]) -> list[list[Any]]:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    return [items[i:i + PARAMS_PER_BATCH] for i in range(0, len(items), PARAMS_PER_BATCH)]
+
+
+class RunTracking:
+    """The driver's side of a run's MLflow run (see the module docstring)."""
 
     def __init__(self, train: TrainConfig, task: str) -> None:
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
-        self.mlflow = mlflow
-        self.train = train
-        self.task = task
-        self.client = mlflow.tracking.MlflowClient(tracking_uri=train.resolved_tracking_uri())
+        if not train.tracking_uri or not train.experiment:
+            raise ValueError("resolve the tracking settings first (train.tracking.resolve_tracking)")
+        self.train, self.task = train, task
+        self.client = MlflowClient(tracking_uri=train.tracking_uri)
         self.run_id: str | None = None
 
-    def start(self, params: Mapping[str, Any]) -> str:
-        """Start the MLflow run, or re-open the one of an earlier attempt; return its id."""
-        mlflow = self.mlflow
-        mlflow.set_tracking_uri(self.train.resolved_tracking_uri())
-        experiment = self.client.get_experiment_by_name(self.train.experiment)
-        if experiment is None:
-            experiment_id = self.client.create_experiment(self.train.experiment,
-                                                          artifact_location=self.train.artifact_location())
-        else:
-            experiment_id = experiment.experiment_id
-        key = run_key(self.train)
-        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{key}'",
-                                        max_results=1, order_by=["attributes.start_time DESC"])
+    def open(self, config: Mapping[str, Any], *, fresh: bool = False) -> str:
+        """Start the MLflow run, or re-open the one of an earlier attempt (recording an extension).
+        ``fresh``: the run starts from scratch (an earlier attempt left no checkpoint), so an MLflow
+        run of that attempt is set aside (its tag gets an ``#abandoned`` suffix) and a new one starts."""
+        client, train = self.client, self.train
+        experiment = client.get_experiment_by_name(train.experiment)
+        experiment_id = (experiment.experiment_id if experiment is not None else
+                         client.create_experiment(train.experiment, artifact_location=train.artifact_location()))
+        key = run_key(train)
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{key}'", max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        if found and fresh:
+            client.set_tag(found[0].info.run_id, RUN_TAG, f"{key}#abandoned")
+            found = []
         if found:
-            self.run_id = found[0].info.run_id
-            mlflow.start_run(run_id=self.run_id)
+            run = found[0]
+            self.run_id = run.info.run_id
+            client.update_run(self.run_id, status="RUNNING")
+            self._record_extension(run)
             logger.info("continuing MLflow run %s of %s", self.run_id, key)
         else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.train.run_name,
-                                   tags={RUN_TAG: key, TASK_TAG: self.task})
+            run = client.create_run(experiment_id, run_name=train.run_name, tags={RUN_TAG: key, TASK_TAG: self.task})
             self.run_id = run.info.run_id
-            mlflow.log_params(flatten_params(params))
-            logger.info("started MLflow run %s (%s) at %s", self.run_id, key, self.train.resolved_tracking_uri())
+            for batch in _param_batches(flatten_params(config)):
+                client.log_batch(self.run_id, params=batch)
+            logger.info("started MLflow run %s (%s) at %s", self.run_id, key, train.tracking_uri)
+        client.set_tag(self.run_id, STEPS_TAG, str(train.steps))
         return self.run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        if finite:
-            self.mlflow.log_metrics(finite, step=step)
+    def _record_extension(self, run: Any) -> None:
+        previous = int(run.data.tags.get(STEPS_TAG, run.data.params.get("train.steps", self.train.steps)))
+        if previous == self.train.steps:
+            return
+        count = int(run.data.tags.get(EXTENSIONS_TAG, "0")) + 1
+        assert self.run_id is not None
+        self.client.log_batch(self.run_id, params=_param_batches({
+            f"extension.{count}.train.steps": str(self.train.steps),
+            f"extension.{count}.from_steps": str(previous)})[0])
+        self.client.set_tag(self.run_id, EXTENSIONS_TAG, str(count))
+        logger.info("run extended from %d to %d steps", previous, self.train.steps)
 
-    def log_images(self, images: Mapping[str, np.ndarray], step: int) -> None:
-        """uint8 [H, W, 3] images, one series per key."""
-        for key, image in images.items():
-            self.mlflow.log_image(image, key=key, step=step)
+    def end(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED."""
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
 
-    def log_final(self, model: Any, checkpoint_dir: Path, registered_model: str) -> None:
-        """Our checkpoint folder as artifacts, and the model logged and registered."""
-        import torch
+    def log_final(self, checkpoint_dir: Path, registered_model: str) -> str:
+        """Log the checkpoint and the pyfunc, register it (one version per run); return the model URI."""
+        import mlflow
 
         import avatar4d
+        from avatar4d.checkpoint.io import read_checkpoint_info
 
-        self.mlflow.log_artifacts(str(checkpoint_dir), artifact_path="checkpoint")
-        # explicit requirements: MLflow's inference would re-import the model in a subprocess;
-        # "pickle": MLflow 3.17 defaults to the torch.export format ("pt2"), which needs an input example
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"avatar4d=={avatar4d.__version__}"]
-        self.mlflow.pytorch.log_model(model, name="model", registered_model_name=registered_model,
-                                      pip_requirements=requirements, serialization_format="pickle")
-        logger.info("registered the final model as %s", registered_model)
+        assert self.run_id is not None
+        self.client.log_artifacts(self.run_id, str(checkpoint_dir), artifact_path="checkpoint")
+        info = read_checkpoint_info(checkpoint_dir)
+        example = input_example(info.component, info.config)
+        outputs = _predict_example(checkpoint_dir, example)
+        mlflow.set_tracking_uri(self.train.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            model = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                artifacts={"checkpoint": str(checkpoint_dir)}, code_paths=[str(Path(avatar4d.__file__).parent)],
+                signature=mlflow.models.infer_signature(example, outputs),
+                input_example=example if sum(v.size for v in example.values()) <= MAX_EXAMPLE_VALUES else None,
+                pip_requirements=requirements())
+        self._register(model.model_uri, registered_model, info.weights_sha256, info.step)
+        return model.model_uri
 
-    def end(self, status: str = "FINISHED") -> None:
-        if self.mlflow.active_run() is not None:
-            self.mlflow.end_run(status=status)
+    def _register(self, model_uri: str, name: str, weights_sha256: str, step: int) -> None:
+        import mlflow
+
+        earlier = [v for v in self.client.search_model_versions(f"name='{name}'") if v.run_id == self.run_id]
+        if any(v.tags.get("avatar4d.weights_sha256") == weights_sha256 for v in earlier):
+            logger.info("model %s of this run is registered already", name)
+            return
+        version = mlflow.register_model(model_uri, name, tags={"avatar4d.weights_sha256": weights_sha256,
+                                                              "avatar4d.step": str(step), RUN_TAG: run_key(self.train)})
+        for old in earlier:
+            if getattr(old, "aliases", None):
+                logger.warning("version %s of %s has aliases %s: kept", old.version, name, old.aliases)
+            else:
+                self.client.delete_model_version(name, old.version)
+        logger.info("registered the final model as %s version %s", name, version.version)
+
+
+def requirements() -> list[str]:
+    """pip requirements of the pyfunc: the avatar4d core's dependencies (avatar4d itself is code)."""
+    from importlib.metadata import version
+
+    pins = []
+    for package in ("torch", "numpy", "safetensors", "pyyaml"):
+        text = version(package).split("+")[0]
+        pins.append(f"{package}=={text}")
+    return pins
+
+
+def input_example(component: str, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A one-sample input of the right shapes for the pyfunc's signature."""
+    rng = np.random.default_rng(0)
+    if component == "triplane_vae":
+        shape = (1, config["num_planes"], config["in_channels"], config["resolution"], config["resolution"])
+        return {"triplane": rng.standard_normal(shape).astype(np.float32)}
+    if component == "dit":
+        height, width = config["input_size"]
+
+        def normal(*shape: int) -> np.ndarray:
+            return rng.standard_normal(shape).astype(np.float32)
+
+        return {"latent": normal(1, config["in_channels"], height, width),
+                "timestep": np.array([500.0], dtype=np.float32),
+                "clip_tokens": normal(1, config["clip_tokens"], config["clip_channels"]),
+                "dino_tokens": normal(1, config["dino_tokens"], config["dino_channels"])}
+    raise ValueError(f"no pyfunc for {component!r} checkpoints")
+
+
+def _predict_example(checkpoint_dir: Path, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from types import SimpleNamespace
+
+    from train.mlflow_model import Avatar4dModel
+
+    model = Avatar4dModel()
+    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint_dir)}))
+    return model.predict(None, example)
+
+
+class WorkerTracker:
+    """Rank 0's logging into the driver's MLflow run (no fluent API: the run's status is the driver's)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+        history = self.client.get_metric_history(run_id, "step")
+        self.replayed_up_to = max((int(m.step) for m in history), default=0)  # logged by an earlier attempt
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Finite scalars at ``step``; steps an earlier attempt already logged are skipped."""
+        import time
+
+        from mlflow.entities import Metric
+
+        if step <= self.replayed_up_to:
+            return
+
+        now = int(time.time() * 1000)
+        finite = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)]
+        if finite:
+            self.client.log_batch(self.run_id, metrics=finite)
+
+    def log_images(self, images: Mapping[str, np.ndarray], step: int) -> None:
+        """uint8 [H, W, 3] images, one series per key (steps of an earlier attempt skipped)."""
+        if step <= self.replayed_up_to:
+            return
+        for key, image in images.items():
+            self.client.log_image(self.run_id, image, key=key, step=step)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 from avatar4d.config import ConfigError
 from avatar4d.diffusion import DiffusionConfig, SamplingConfig
@@ -31,6 +32,8 @@ class DiTTrainConfig(TaskConfig):
     renders of the decoded samples (``preview_render_resolution`` px, frontal camera).
     ``gradient_checkpointing`` recomputes blocks in backward.
     """
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data", "train.storage_path", "vae_checkpoint", "generators")
 
     task: str = "dit"
     model: DiTConfig = dataclasses.field(default_factory=lambda: DIT_PRESETS.get("tiny"))

@@ -141,11 +141,11 @@ class DiTTask(TrainTask):
         model.gradient_checkpointing = self.config.gradient_checkpointing
         return model
 
-    def batches(self, start_epoch: int) -> Iterator[dict[str, Any]]:
+    def batches(self, start_epoch: int, start_position: int = 0) -> Iterator[dict[str, Any]]:
         train = self.config.train
         return RankStream(self.info, list(TENSORS) + ["domain"], rank=self.rank, world_size=self.world_size,
                           batch_size=train.micro_batch_size, seed=train.seed, start_epoch=start_epoch,
-                          data_workers=train.data_workers)
+                          start_position=start_position, data_workers=train.data_workers)
 
     def tensors(self, batch: dict[str, Any], dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """Latents [B, C, H, W] (DiT layout), CLIP tokens [B, Tc, Dc], DINO tokens [B, Td, Dd]."""

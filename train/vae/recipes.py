@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 from avatar4d.config import Config, ConfigError
 from avatar4d.geometry.camera import PoseSamplerConfig
@@ -68,6 +69,8 @@ class VAELossConfig(Config):
 @dataclasses.dataclass
 class VAETrainConfig(TaskConfig):
     """A complete VAE training run: shared options, the model and the loss."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data", "train.storage_path", "loss.lpips_backbone", "loss.generators")
 
     task: str = "vae"
     model: TriplaneVAEConfig = dataclasses.field(default_factory=lambda: VAE_PRESETS.get("tiny"))

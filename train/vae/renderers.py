@@ -29,7 +29,7 @@ from avatar4d.checkpoint.io import CheckpointError, read_checkpoint_info
 from avatar4d.errors import UserError
 from avatar4d.geometry.camera import Camera
 from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
-from avatar4d.models.next3d.checkpoint import COMPONENT, load_generator
+from avatar4d.generators import is_generator, load_generator_checkpoint
 from avatar4d.rendering.parametric import ParametricTriplane
 from avatar4d.rendering.renderer import RenderOutput
 
@@ -54,7 +54,7 @@ class GeneratorIndex:
                     info = read_checkpoint_info(info_file.parent)
                 except CheckpointError:
                     continue
-                if info.component == COMPONENT:
+                if is_generator(info):
                     self.paths.setdefault(info.weights_sha256, info_file.parent)
 
     def find(self, sha256: str, domain: str = "?") -> Path:
@@ -66,11 +66,12 @@ class GeneratorIndex:
 
 
 class DomainRenderer(nn.Module):
-    """The frozen rendering half of one generator: mesh conditioner, OSG decoder, volume renderer."""
+    """The frozen rendering half of one generator (a GAN or the procedural world): mesh
+    conditioner, OSG decoder, volume renderer."""
 
     def __init__(self, checkpoint: Path, head: MorphableModel, device: torch.device) -> None:
         super().__init__()
-        generator, info = load_generator(checkpoint, head=head, device=device)
+        generator, info = load_generator_checkpoint(checkpoint, head=head, device=device)
         self.sha256 = info.weights_sha256
         self.decoder = generator.decoder
         self.mesh_conditioner = generator.mesh_conditioner

@@ -116,11 +116,11 @@ class VAETask(TrainTask):
         logger.info("triplane statistics from %d rows: mean |μ| %.4f, mean σ %.4f", planes.shape[0],
                     float(mean.abs().mean()), float(std.mean()))
 
-    def batches(self, start_epoch: int) -> Iterator[dict[str, Any]]:
+    def batches(self, start_epoch: int, start_position: int = 0) -> Iterator[dict[str, Any]]:
         train = self.config.train
         return RankStream(self.info, self.columns, rank=self.rank, world_size=self.world_size,
                           batch_size=train.micro_batch_size, seed=train.seed, start_epoch=start_epoch,
-                          data_workers=train.data_workers)
+                          start_position=start_position, data_workers=train.data_workers)
 
     @staticmethod
     def _statistics(module: TriplaneVAE) -> tuple[torch.Tensor, torch.Tensor] | None:

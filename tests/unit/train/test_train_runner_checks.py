@@ -16,15 +16,27 @@ def config(tmp_path):
 
 
 def test_new_runs_start_and_existing_ones_need_resume(config):
-    check_run_folder(config, resume=False)
+    assert check_run_folder(config, resume=False) is True
     with pytest.raises(UserError, match="nothing to resume: no run 'dit-t'"):
         check_run_folder(config, resume=True)
     run_dir = config.train.run_dir()
-    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint_00000010").mkdir(parents=True)
+    (run_dir / "checkpoint_00000010" / "trainer_state.json").write_text(json.dumps({"step": 10}))
     (run_dir / RUN_FILE).write_text(json.dumps(config.to_dict()))
     with pytest.raises(UserError, match="already exists .* pass --resume"):
         check_run_folder(config, resume=False)
-    check_run_folder(config, resume=True)
+    assert check_run_folder(config, resume=True) is False
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again_without_resume(config):
+    """It used to leave run.json behind, and the same command then demanded --resume."""
+    run_dir = config.train.run_dir()
+    run_dir.mkdir(parents=True)
+    for name in (RUN_FILE, "events.jsonl", "progress.json"):
+        (run_dir / name).write_text(json.dumps(config.to_dict()))
+    (run_dir / ".validate_storage_marker").write_text("")
+    assert check_run_folder(config, resume=False) is True
+    assert not (run_dir / RUN_FILE).exists() and not (run_dir / "events.jsonl").exists()
 
 
 def test_resume_accepts_more_steps_but_not_other_settings(config):

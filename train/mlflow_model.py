@@ -1,0 +1,64 @@
+"""The MLflow pyfunc of a trained avatar4d model, logged as "models from code" (MLflow 3).
+
+MLflow copies this file into the logged model and runs it on load; the avatar4d core package
+travels with it as ``code_paths`` (torch + numpy + safetensors only), the weights as the artifact
+``checkpoint`` (our checkpoint folder: ``model.safetensors`` + ``config.json`` + ``checkpoint.json``).
+So ``mlflow.pyfunc.load_model("models:/avatar4d-vae/1").predict(...)`` works in any environment with
+the logged requirements, without this repository.
+
+Inputs and outputs (float32 numpy arrays; the signature records the shapes):
+
+- ``triplane_vae``: ``{"triplane": [B, F, C, R, R]}`` (data units) → ``{"latent": [B, E, F, r, r]``
+  (posterior mean), ``"reconstruction": [B, F, C, R, R]}``;
+- ``dit``: ``{"latent": [B, C, H, W], "timestep": [B], "clip_tokens": [B, Tc, Dc], "dino_tokens":
+  [B, Td, Dd]}`` → ``{"prediction": [B, 2·C, H, W]}`` (ε and the learned-variance channels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def _arrays(model_input: Any) -> dict[str, np.ndarray]:
+    if isinstance(model_input, dict):
+        return {k: np.asarray(v, dtype=np.float32) for k, v in model_input.items()}
+    if isinstance(model_input, np.ndarray):
+        return {"triplane": model_input.astype(np.float32)}
+    raise TypeError(f"expected a dict of arrays, got {type(model_input).__name__}")
+
+
+class Avatar4dModel(mlflow.pyfunc.PythonModel):
+    """Loads an avatar4d checkpoint with ``from_pretrained`` and calls it on numpy inputs."""
+
+    def load_context(self, context: Any) -> None:
+        from avatar4d.checkpoint.io import read_checkpoint_info
+
+        path = context.artifacts[CHECKPOINT_ARTIFACT]
+        self.component = read_checkpoint_info(path).component
+        if self.component == "triplane_vae":
+            from avatar4d.models.vae import TriplaneVAE as model_class
+        elif self.component == "dit":
+            from avatar4d.models.dit import ImageConditionedDiT as model_class
+        else:
+            raise ValueError(f"no pyfunc for {self.component!r} checkpoints")
+        self.model = model_class.from_pretrained(path).eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        import torch
+
+        inputs = {k: torch.from_numpy(v) for k, v in _arrays(model_input).items()}
+        with torch.no_grad():
+            if self.component == "triplane_vae":
+                latent = self.model.encode_triplane(inputs["triplane"])
+                return {"latent": latent.numpy(), "reconstruction": self.model.decode_triplane(latent).numpy()}
+            prediction = self.model(inputs["latent"], inputs["timestep"], inputs["clip_tokens"],
+                                    inputs["dino_tokens"])
+            return {"prediction": prediction.numpy()}
+
+
+mlflow.models.set_model(Avatar4dModel())
