@@ -1,10 +1,14 @@
 """Per-domain generator checkpoints.
 
-A domain's generator is its fine-tuned checkpoint when the catalog names one; otherwise a tiny
-(or any preset) randomly initialised Next3D generator seeded by the domain name, saved once with
-:func:`~avatar4d.models.next3d.checkpoint.save_generator` into the cache folder, so stages load
-both kinds through the same :func:`~avatar4d.models.next3d.checkpoint.load_generator` path. The
-random weights depend only on the domain name and the preset: the same name gives bit-identical
+A domain's generator is its fine-tuned checkpoint when the catalog names one; otherwise one made
+for the run and saved once into the cache folder, of the run's ``kind``:
+
+- ``world`` (the embedded default): the procedural 4D world (:mod:`avatar4d.world`) in the
+  domain's look (:func:`~avatar4d.world.style_for_domain`), analytic heads with ground truth;
+- ``gan``: a randomly initialised Next3D generator seeded by the domain name.
+
+Stages load every kind through :func:`avatar4d.generators.load_generator_checkpoint`. Made
+checkpoints depend only on the domain name, kind and preset: the same name gives bit-identical
 weights (and the same ``weights_sha256``) on every machine with the same torch version.
 """
 
@@ -22,9 +26,11 @@ import torch
 
 from avatar4d.checkpoint.io import CheckpointError, CheckpointInfo, read_checkpoint_info
 from avatar4d.errors import UserError
+from avatar4d.generators import GENERATOR_KINDS, generator_kind
 from avatar4d.geometry.camera import PoseSampler, PoseSamplerConfig
 from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator
-from avatar4d.models.next3d.checkpoint import COMPONENT, save_generator
+from avatar4d.models.next3d.checkpoint import save_generator
+from avatar4d.world import WORLD_PRESETS, ProceduralWorldGenerator, save_world, style_for_domain
 from factory.domains import DomainSpec
 from factory.stages.common import fixed_threads
 
@@ -72,51 +78,63 @@ def build_random_generator(name: str, preset: str = "tiny") -> Next3DGenerator:
     return generator.eval()
 
 
-def _check_existing(path: Path, domain: DomainSpec, preset: str) -> CheckpointInfo:
+def _check_existing(path: Path, domain: DomainSpec, preset: str, kind: str | None) -> CheckpointInfo:
+    """``kind`` None accepts any generator kind (a catalog's own checkpoint)."""
     try:
         info = read_checkpoint_info(path)
+        found_kind = generator_kind(info)
     except CheckpointError as exc:
         raise GeneratorCheckpointError(f"domain {domain.name}: {exc}") from None
-    if info.component != COMPONENT:
-        raise GeneratorCheckpointError(f"domain {domain.name}: {path} holds a {info.component}, not a generator")
     made_with = info.metadata.get("preset")
-    if info.metadata.get("origin") == RANDOM_INIT_ORIGIN and made_with != preset:
-        raise GeneratorCheckpointError(f"domain {domain.name}: {path} holds a {made_with!r} random generator, "
-                                       f"this run wants {preset!r}; use another cache folder")
+    if kind is not None and (found_kind != kind or made_with != preset):
+        raise GeneratorCheckpointError(f"domain {domain.name}: {path} holds a {made_with!r} {found_kind} generator, "
+                                       f"this run wants a {preset!r} {kind}; use another cache folder")
     return info
 
 
-def ensure_domain_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny") -> Path:
-    """The checkpoint folder of ``domain``'s generator, creating the random one if needed.
+def build_world_generator(name: str, preset: str = "tiny") -> ProceduralWorldGenerator:
+    """The procedural world of domain ``name`` in its look (deterministic; no randomness at all)."""
+    return ProceduralWorldGenerator(WORLD_PRESETS.get(preset, style=style_for_domain(name))).eval()
 
-    ``domain.generator_checkpoint`` must exist when set. Otherwise ``cache_dir/<name>`` is created
-    once: written to a private staging folder and renamed into place, so concurrent callers (several
-    actors of one domain) never see half a checkpoint and the first rename wins.
+
+def ensure_domain_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny", kind: str = "gan") -> Path:
+    """The checkpoint folder of ``domain``'s generator, creating the run's one if needed.
+
+    ``domain.generator_checkpoint`` must exist when set (any kind). Otherwise ``cache_dir/<name>``
+    is created once with a ``kind`` generator (``world`` or a random ``gan``) of ``preset``: written
+    to a private staging folder and renamed into place, so concurrent callers (several actors of
+    one domain) never see half a checkpoint and the first rename wins.
     """
     if domain.generator_checkpoint:
         path = Path(domain.generator_checkpoint).expanduser()
         if not path.is_dir():
             raise GeneratorCheckpointError(f"domain {domain.name}: generator checkpoint not found: {path}")
-        _check_existing(path, domain, preset)
+        _check_existing(path, domain, preset, None)
         return path
-    GENERATOR_PRESETS.get(preset)  # unknown preset → ConfigError before any work
+    if kind not in GENERATOR_KINDS:
+        raise GeneratorCheckpointError(f"unknown generator kind {kind!r}; choose from {list(GENERATOR_KINDS)}")
+    (WORLD_PRESETS if kind == "world" else GENERATOR_PRESETS).get(preset)  # unknown preset → ConfigError first
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / domain.name
     if target.is_dir():
-        _check_existing(target, domain, preset)
+        _check_existing(target, domain, preset, kind)
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = cache_dir / f".{domain.name}.{uuid.uuid4().hex}.staging"
-    generator = build_random_generator(domain.name, preset)
-    save_generator(staging, generator, metadata={"domain": domain.name, "origin": RANDOM_INIT_ORIGIN,
-                                                 "preset": preset, "seed": seed_from_name(domain.name)})
+    if kind == "world":
+        save_world(staging, build_world_generator(domain.name, preset),
+                   metadata={"domain": domain.name, "origin": "procedural", "preset": preset})
+    else:
+        generator = build_random_generator(domain.name, preset)
+        save_generator(staging, generator, metadata={"domain": domain.name, "origin": RANDOM_INIT_ORIGIN,
+                                                     "preset": preset, "seed": seed_from_name(domain.name)})
     try:
         os.rename(staging, target)
-        logger.info("created the random %s generator of domain %s in %s", preset, domain.name, target)
+        logger.info("created the %s %s generator of domain %s in %s", preset, kind, domain.name, target)
     except OSError:
         if not target.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
             raise
         shutil.rmtree(staging, ignore_errors=True)  # another process won the race; its weights are identical
-    _check_existing(target, domain, preset)
+    _check_existing(target, domain, preset, kind)
     return target

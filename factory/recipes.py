@@ -1,7 +1,8 @@
 """Factory runs as recipes: functions returning a complete :class:`FactoryConfig`.
 
 ``tiny`` is the embedded default of ``avatar4d factory run``: three domains × 32 pairs plus two
-identities per multiview set, tiny randomly initialised per-domain GANs, CPU actors. It finishes
+identities per multiview set, the procedural 4D world in each domain's look (``generator_kind``
+"world"; "gan" hosts tiny randomly initialised per-domain GANs instead), CPU actors. It finishes
 in well under 3 minutes on a 2-core CPU, Ray start-up included. ``paper`` is the paper's scale:
 the 28 domains × 20,000 image–parametric-triplane pairs (560k, AvatarArtist §3.1) with the
 ``paper`` generator preset, plus multiview sets (the paper gives no identity count for them; 2,000
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 from avatar4d.config import Config, ConfigError
 from factory.stages import MultiviewConfig, SynthesizeConfig
@@ -31,8 +33,11 @@ class FactoryConfig(Config):
     chunks queued (backpressure). An actor asks for ``num_gpus_per_actor`` GPUs (fractional: 0.25
     packs four actors on a GPU) when the cluster has GPUs, else ``num_cpus_per_actor`` CPUs only;
     ``num_cpus_per_actor`` is also its torch thread count (rounded, at least 1).
-    ``generator_cache``: folder of the random per-domain generators (default
-    ``<out>/generators/<preset>``); ``domains_file``: a YAML adding or overriding domains.
+    ``generator_kind``: what hosts a domain without its own checkpoint: ``world`` (the procedural
+    4D world, :mod:`avatar4d.world`) or ``gan`` (a random Next3D GAN of ``generator_preset``).
+    ``generator_cache``: folder of those per-domain generators (default
+    ``<out>/generators/<preset>`` for GANs, ``<out>/generators/world-<preset>`` for the world);
+    ``domains_file``: a YAML adding or overriding domains.
     """
 
     out: str = "data"
@@ -45,6 +50,7 @@ class FactoryConfig(Config):
     max_in_flight_per_actor: int = 2
     run_seed: int = 0
     generator_preset: str = "tiny"
+    generator_kind: str = "world"
     generator_cache: str | None = None
     domains_file: str | None = None
     num_cpus_per_actor: float = 1.0
@@ -69,8 +75,16 @@ class FactoryConfig(Config):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_cpus_per_actor <= 0 or self.num_gpus_per_actor < 0:
             raise ConfigError("num_cpus_per_actor must be > 0 and num_gpus_per_actor >= 0")
+        if self.generator_kind not in ("world", "gan"):
+            raise ConfigError(f"generator_kind must be 'world' or 'gan', got {self.generator_kind!r}")
         if self.samples_per_domain == 0 and self.multiview_identities == 0:
             raise ConfigError("nothing to do: samples_per_domain and multiview_identities are both 0")
+
+    @property
+    def default_generator_cache(self) -> str:
+        """Where made per-domain generators go when ``generator_cache`` is unset."""
+        folder = self.generator_preset if self.generator_kind == "gan" else f"world-{self.generator_preset}"
+        return str(Path(self.out) / "generators" / folder)
 
     @property
     def actor_threads(self) -> int:
@@ -80,7 +94,8 @@ class FactoryConfig(Config):
 
 def tiny() -> FactoryConfig:
     """The embedded default: 3 domains × 32 pairs (chunks of 8) + 2 identities per multiview set
-    (dynamic: 3 expressions × 3 cameras, static: 3 cameras), tiny GANs, one CPU actor per domain."""
+    (dynamic: 3 expressions × 3 cameras, static: 3 cameras), the tiny procedural world in each
+    domain's look, one CPU actor per domain."""
     return FactoryConfig()
 
 
@@ -93,7 +108,7 @@ def paper() -> FactoryConfig:
     return FactoryConfig(
         domains=[d.name for d in builtin_domains()], samples_per_domain=20_000, multiview_identities=2_000,
         chunk_size=64, multiview_chunk_size=4, actors_per_domain=1, max_in_flight_per_actor=2,
-        generator_preset="paper", num_cpus_per_actor=1.0, num_gpus_per_actor=0.25,
+        generator_preset="paper", generator_kind="gan", num_cpus_per_actor=1.0, num_gpus_per_actor=0.25,
         synthesize=SynthesizeConfig(batch_size=16, precision="bfloat16", num_threads=None),
         multiview=MultiviewConfig(expressions=12, cameras=4, batch_size=8, precision="bfloat16", num_threads=None),
     )

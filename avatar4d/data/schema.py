@@ -150,6 +150,7 @@ def _tail() -> list[pa.Field]:
     import pyarrow as pa
 
     return [pa.field("generator_sha256", pa.string(), nullable=False),
+            pa.field("generator_kind", pa.string(), nullable=False),  # "gan" or "world" (avatar4d.generators)
             pa.field("factory_version", pa.string(), nullable=False)]
 
 

@@ -28,9 +28,8 @@ from torch import Tensor
 
 from avatar4d import __version__ as avatar4d_version
 from avatar4d.checkpoint import CheckpointInfo
-from avatar4d.geometry.morphable import MorphableModel, default_head_model
-from avatar4d.models.next3d import Next3DGenerator
-from avatar4d.models.next3d.checkpoint import load_generator
+from avatar4d.generators import Generator4D, load_generator_checkpoint
+from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -59,17 +58,27 @@ def check_common_config(*, batch_size: int, num_threads: int | None, precision: 
 
 
 def load_stage_generator(checkpoint: str | Path, device: str,
-                         head: MorphableModel | None = None) -> tuple[Next3DGenerator, CheckpointInfo, MorphableModel]:
-    """Load a domain generator for inference: eval mode, no grads, deterministic ray sampling."""
+                         head: MorphableModel | None = None) -> tuple[Generator4D, CheckpointInfo, MorphableModel]:
+    """Load a domain generator (a GAN or the procedural world) for inference: eval mode, no grads,
+    deterministic ray sampling."""
     head = head or default_head_model()
-    generator, info = load_generator(checkpoint, head=head, device=device)
+    generator, info = load_generator_checkpoint(checkpoint, head=head, device=device)
     generator.eval().requires_grad_(False)
     generator.renderer.config = generator.renderer.config.replace(deterministic=True)
     logger.info("loaded generator %s (sha256 %s…) on %s", checkpoint, info.weights_sha256[:12], device)
     return generator, info, head
 
 
-def resolve_truncation_cutoff(cutoff: int | None, generator: Next3DGenerator) -> int | None:
+def with_latent_identity(generator: Generator4D, face: FaceParams, z: Tensor, truncation_psi: float) -> FaceParams:
+    """``face`` with the identity that latent ``z`` [n, z_dim] fixes, when the generator fixes one (the
+    procedural world paints the head of those coefficients, so the row's mesh must be that head)."""
+    identity = generator.identity_for_latent(z, truncation_psi)
+    if identity is None:
+        return face
+    return FaceParams(identity.to(face.identity), face.expression, face.jaw)
+
+
+def resolve_truncation_cutoff(cutoff: int | None, generator: Generator4D) -> int | None:
     """``cutoff``, or the generator config's own when None (paper 14 = all ws; tiny None = all).
 
     Rows store w = ws[:, 0]; that is the whole of ws only when every ws is truncated alike (no

@@ -34,8 +34,8 @@ from avatar4d.data.codec import encode_png, encode_tensor, torch_dtype
 from avatar4d.data.schema import MULTIVIEW, MULTIVIEW_SETS, TensorSpec, multiview_schema
 from avatar4d.geometry.camera import Camera, PoseSampler, PoseSamplerConfig
 from avatar4d.geometry.morphable import FaceParams, MorphableModel
-from avatar4d.models.next3d import Next3DGenerator
 from factory.chunks import Chunk
+from avatar4d.generators import Generator4D
 from factory.stages.common import (
     FACTORY_VERSION,
     EncoderPool,
@@ -46,6 +46,7 @@ from factory.stages.common import (
     plan_batches,
     resolve_truncation_cutoff,
     scatter_rows,
+    with_latent_identity,
 )
 from factory.stages.multiview_rows import multiview_record_batch
 from factory.stages.synthesize import ffhq_pose_config
@@ -122,9 +123,9 @@ class MultiviewSamples:
     features: Tensor
 
 
-def render_planes(generator: Next3DGenerator, planes: Tensor, ws: Tensor, camera: Camera) -> dict[str, Tensor]:
+def render_planes(generator: Generator4D, planes: Tensor, ws: Tensor, camera: Camera) -> dict[str, Tensor]:
     """Render expression-specific planes [B, 3, C, R, R] from new cameras: the tail of
-    ``Next3DGenerator.synthesis`` (volume rendering + super-resolution) without the backbones."""
+    ``synthesis`` (volume rendering + super-resolution) without the backbones."""
     rendered = generator.renderer(planes, generator.decoder, camera, generator.config.neural_resolution)
     image = generator.superresolution(rendered.rgb, rendered.features, ws)  # [B, 3, S, S]
     return {"image": image, "depth": rendered.depth, "opacity": rendered.opacity, "features": rendered.features}
@@ -148,7 +149,7 @@ class MultiviewStage:
         self.features_spec = TensorSpec((c, n, n), self.config.features_dtype)
         self.truncation_cutoff = resolve_truncation_cutoff(self.config.truncation_cutoff, self.generator)
         self._schema = multiview_schema(
-            w_dim=gcfg.backbone.w_dim, face_params_dim=self.head.identity_dim + self.head.expression_dim + 3,
+            w_dim=self.generator.w_dim, face_params_dim=self.head.identity_dim + self.head.expression_dim + 3,
             triplane=self.triplane_spec, depth=self.depth_spec, features=self.features_spec,
             identity_dim=self.head.identity_dim, blob_triplane=self.config.blob_triplane,
             extra_metadata={"avatar4d.image": json.dumps({"format": "png", "resolution": gcfg.image_resolution,
@@ -170,8 +171,9 @@ class MultiviewStage:
         zs, params, vertices, cameras = [], [], [], []
         for seed in seeds:
             gen = torch.Generator().manual_seed(int(seed))
-            zs.append(torch.randn(1, self.generator.config.backbone.z_dim, generator=gen))
-            identity = head.random_params(1, generator=gen, identity_scale=cfg.identity_scale).identity
+            zs.append(torch.randn(1, self.generator.z_dim, generator=gen))
+            identity = head.random_params(1, generator=gen, identity_scale=cfg.identity_scale)
+            identity = with_latent_identity(self.generator, identity, zs[-1], cfg.truncation_psi).identity
             moves = head.random_params(e, generator=gen, expression_scale=cfg.expression_scale, jaw_max=cfg.jaw_max)
             labels = self.pose_sampler.sample(e * k, gen).camera.to_label().float()  # [E*K, 25]
             faces = [FaceParams(identity, moves.expression[i:i + 1], moves.jaw[i:i + 1]) for i in range(e)]
@@ -243,7 +245,8 @@ class MultiviewStage:
         return multiview_record_batch(
             self._schema, domain=self.domain, set_name=samples.set_name, chunk_id=chunk_id, indices=indices,
             seeds=seeds, w=samples.w, triplanes=[encode_tensor(t, self.triplane_spec) for t in samples.triplane],
-            views=encoded_views, generator_sha256=self.generator_sha256, factory_version=FACTORY_VERSION)
+            views=encoded_views, generator_sha256=self.generator_sha256, generator_kind=self.generator.kind,
+            factory_version=FACTORY_VERSION)
 
     def __call__(self, chunk: Chunk) -> pa.RecordBatch:
         """One row per identity of the chunk (dynamic: expressions × cameras views; static: cameras views)."""

@@ -38,7 +38,7 @@ def _views_array(view_type: pa.StructType, views: list[list[dict[str, Any]]]) ->
 
 def multiview_record_batch(schema: pa.Schema, *, domain: str, set_name: str, chunk_id: str, indices: list[int],
                            seeds: list[int], w: Tensor, triplanes: list[bytes], views: list[list[dict[str, Any]]],
-                           generator_sha256: str, factory_version: str) -> pa.RecordBatch:
+                           generator_sha256: str, factory_version: str, generator_kind: str = "gan") -> pa.RecordBatch:
     """Rows of the multiview ``schema``; ``views[i]`` lists identity i's views in (expression, camera) order."""
     import pyarrow as pa
 
@@ -57,6 +57,7 @@ def multiview_record_batch(schema: pa.Schema, *, domain: str, set_name: str, chu
         "triplane": pa.array(triplanes, pa.large_binary()),
         "views": _views_array(views_type.value_type, views).cast(views_type),
         "generator_sha256": pa.array([generator_sha256] * n, pa.string()),
+        "generator_kind": pa.array([generator_kind] * n, pa.string()),
         "factory_version": pa.array([factory_version] * n, pa.string()),
     }
     return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)

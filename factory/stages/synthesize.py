@@ -2,7 +2,8 @@
 
 Per sample (from its own seed, :func:`factory.chunks.sample_seed`): z ~ N(0, I), an FFHQ-like
 camera (the mapping is conditioned on the rendering camera, as in EG3D training), random identity,
-expression and jaw coefficients of the head model → mesh → ``Next3DGenerator`` with truncation →
+expression and jaw coefficients of the head model (the identity is the latent's when the generator
+fixes one: the procedural world) → mesh → the domain's generator (a GAN or the world) with truncation →
 the super-resolved image (PNG) and the expression-independent parametric triplane [4, C, R, R]
 (raw bytes, fp16 by default). See :mod:`factory.stages.common` for why rows are bit-identical to
 their regeneration.
@@ -36,6 +37,7 @@ from factory.stages.common import (
     resolve_truncation_cutoff,
     scatter_rows,
     vector_array,
+    with_latent_identity,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,7 +124,7 @@ class SynthesizeStage:
         self.truncation_cutoff = resolve_truncation_cutoff(self.config.truncation_cutoff, self.generator)
         self.face_params_dim = self.head.identity_dim + self.head.expression_dim + 3
         self._schema = pairs_schema(
-            w_dim=gcfg.backbone.w_dim, face_params_dim=self.face_params_dim, triplane=self.triplane_spec,
+            w_dim=self.generator.w_dim, face_params_dim=self.face_params_dim, triplane=self.triplane_spec,
             identity_dim=self.head.identity_dim, blob_triplane=self.config.blob_triplane,
             extra_metadata={"avatar4d.image": json.dumps({"format": "png", "resolution": self.image_resolution,
                                                           "channels": 3}),
@@ -139,7 +141,7 @@ class SynthesizeStage:
     # --- random inputs --------------------------------------------------------------------
     def draw(self, seeds: list[int]) -> SampleDraws:
         """Each sample's z, camera, face parameters and mesh from its own seeded generator."""
-        z_dim = self.generator.config.backbone.z_dim
+        z_dim = self.generator.z_dim
         zs, labels, params, vertices = [], [], [], []
         for seed in seeds:
             gen = torch.Generator().manual_seed(int(seed))
@@ -148,6 +150,7 @@ class SynthesizeStage:
             face = self.head.random_params(1, generator=gen, identity_scale=self.config.identity_scale,
                                            expression_scale=self.config.expression_scale,
                                            jaw_max=self.config.jaw_max)
+            face = with_latent_identity(self.generator, face, zs[-1], self.config.truncation_psi)
             params.append(face.to_vector().float().cpu())
             vertices.append(self.head.vertices(face).float().cpu())  # one mesh at a time: batch-invariant
         return SampleDraws(z=torch.cat(zs), camera=torch.cat(labels).float(), face_params=torch.cat(params),
@@ -196,6 +199,7 @@ class SynthesizeStage:
             "image": pa.array(images, pa.binary()),
             "triplane": pa.array(triplanes, pa.large_binary()),
             "generator_sha256": pa.array([self.generator_sha256] * n, pa.string()),
+            "generator_kind": pa.array([self.generator.kind] * n, pa.string()),
             "factory_version": pa.array([FACTORY_VERSION] * n, pa.string()),
         }
         return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)

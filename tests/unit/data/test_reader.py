@@ -35,7 +35,7 @@ def pairs_table(schema: pa.Schema, chunk_id: str, start: int, size: int) -> pa.T
         "w": [[float(i)] * W_DIM for i in rows], "camera": [[i + 0.5] * 25 for i in rows],
         "face_params": [[-float(i)] * FACE_DIM for i in rows], "image": [encode_png(image_of(i)) for i in rows],
         "triplane": [encode_tensor(triplane_of(i), TRIPLANE) for i in rows],
-        "generator_sha256": ["0" * 64] * size, "factory_version": ["test"] * size,
+        "generator_sha256": ["0" * 64] * size, "generator_kind": ["world"] * size, "factory_version": ["test"] * size,
     }, schema=schema)
 
 
@@ -163,7 +163,7 @@ def test_multiview_views_decode_with_row_splits(tmp_path: Path) -> None:
         "domain": ["lego"] * 2, "set": ["dynamic", "static"], "identity_index": [0, 0], "seed": [1, 2],
         "w": [[0.0] * W_DIM] * 2, "triplane": [encode_tensor(triplane_of(i), TRIPLANE) for i in range(2)],
         "views": [[view(i) for i in range(count)] for count in view_counts],
-        "generator_sha256": ["0" * 64] * 2, "factory_version": ["test"] * 2,
+        "generator_sha256": ["0" * 64] * 2, "generator_kind": ["world"] * 2, "factory_version": ["test"] * 2,
     }, schema=schema)
     uri = tmp_path / "multiview.lance"
     committer = LanceCommitter(str(uri), schema)

@@ -50,7 +50,7 @@ def test_tensor_spec_sizes_json_and_validation():
 def test_pairs_schema_columns_types_and_metadata():
     schema = _pairs(extra_metadata={"avatar4d.note": "x"})
     assert schema.names == ["sample_id", "chunk_id", "domain", "sample_index", "seed", "w", "camera", "face_params",
-                            "image", "triplane", "generator_sha256", "factory_version"]
+                            "image", "triplane", "generator_sha256", "generator_kind", "factory_version"]
     assert schema.field("w").type == pa.list_(pa.float32(), 64)
     assert schema.field("camera").type == pa.list_(pa.float32(), 25)
     assert schema.field("face_params").type == pa.list_(pa.float32(), 25)
@@ -70,7 +70,7 @@ def test_pairs_schema_columns_types_and_metadata():
 def test_multiview_schema_views_and_specs():
     schema = _multiview()
     assert schema.names == ["identity_id", "chunk_id", "domain", "set", "identity_index", "seed", "w", "triplane",
-                            "views", "generator_sha256", "factory_version"]
+                            "views", "generator_sha256", "generator_kind", "factory_version"]
     view = schema.field("views").type.value_type
     assert [f.name for f in view] == ["camera", "face_params", "expression_index", "camera_index", "image", "depth",
                                       "opacity", "features"]
@@ -135,7 +135,7 @@ def test_lance_round_trip_keeps_the_schema_compatible(tmp_path):
     schema = _pairs()
     row = {"sample_id": "d/00000000", "chunk_id": "c", "domain": "d", "sample_index": 0, "seed": 1, "w": [0.0] * 64,
            "camera": [0.0] * 25, "face_params": [0.0] * 25, "image": b"png", "triplane": b"\0" * TRIPLANE.nbytes,
-           "generator_sha256": "h", "factory_version": "v"}
+           "generator_sha256": "h", "generator_kind": "gan", "factory_version": "v"}
     table = pa.Table.from_pylist([row], schema=schema)
     transaction = lance.fragment.write_fragments(table, str(tmp_path / "p.lance"), schema=schema,
                                                  return_transaction=True)

@@ -89,5 +89,5 @@ def test_given_checkpoint_is_used_or_reported_missing(tmp_path):
 
 def test_cached_checkpoint_of_another_preset_is_refused(tmp_path):
     ensure_domain_generator(PIXAR, tmp_path)
-    with pytest.raises(GeneratorCheckpointError, match="holds a 'tiny' random generator, this run wants 'paper'"):
+    with pytest.raises(GeneratorCheckpointError, match="holds a 'tiny' gan generator, this run wants a 'paper' gan"):
         ensure_domain_generator(PIXAR, tmp_path, preset="paper")
