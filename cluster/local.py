@@ -87,6 +87,7 @@ class LocalRayCluster:
             # short path: Ray's unix sockets live under it (108-byte limit)
             self.temp_dir = Path(tempfile.mkdtemp(prefix="a4d-ray-"))
             self._own_temp_dir = True
+        self._ensure_token()
         port = free_port()
         try:
             self._start_node("head", ["--head", f"--port={port}", "--include-dashboard=false",
@@ -122,13 +123,27 @@ class LocalRayCluster:
                                        env=self.client_env(), start_new_session=True)
         self.nodes.append(RayNodeProcess(role, process, log_path))
 
+    @property
+    def token_path(self) -> Path:
+        assert self.temp_dir is not None
+        return self.temp_dir / "auth_token"
+
+    def _ensure_token(self) -> None:
+        """The cluster's own token-auth secret (Ray 2.60 clusters require one; ``~/.ray`` is not used)."""
+        import secrets
+
+        if not self.token_path.is_file():
+            self.token_path.write_text(secrets.token_hex(32))
+            self.token_path.chmod(0o600)
+
     def client_env(self) -> dict[str, str]:
         """Environment for processes that connect to this cluster (drivers, ``avatar4d factory run
-        --address``): Ray 2.60 clusters use token authentication (the token lives in
-        ``~/.ray/auth_token``), which a driver given an explicit address only uses with
-        ``RAY_AUTH_MODE=token``."""
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        --address``): Ray 2.60 clusters use token authentication; a driver given an explicit
+        address needs ``RAY_AUTH_MODE=token`` and the token (here ``RAY_AUTH_TOKEN_PATH``)."""
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+               "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         env.pop("RAY_ADDRESS", None)
+        env.pop("RAY_AUTH_TOKEN", None)
         return env
 
     def _head_address(self, port: int) -> str:

@@ -49,7 +49,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                               "the per-chunk fragments into large ones and delete superseded "
                                               "files and versions. Run it when no `factory run` writes there.")
     compact.add_argument("dir", type=Path, help="the factory output folder")
+    compact.add_argument("--keep-versions-days", type=float, default=None, metavar="DAYS",
+                         help="keep old versions younger than this (readers pinned to them keep working); "
+                              "default 7, 0 keeps only the latest")
     compact.set_defaults(handler=_compact)
+
+    verify = commands.add_parser("verify", help="read back every fragment and blob, check the per-row checksums",
+                                 description="Read every fragment of pairs.lance, multiview.lance and encoded.lance "
+                                             "in full (blobs included) and recompute the per-row checksums. Exit "
+                                             "status 1 when something is damaged; `factory repair` removes it.")
+    verify.add_argument("dir", type=Path, help="the factory output folder")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=_verify)
+
+    repair = commands.add_parser("repair", help="remove damaged fragments so the next run regenerates their chunks",
+                                 description="Remove every damaged fragment (and every chunk that lost rows) found "
+                                             "by `factory verify`, in one Lance commit per table; then run the "
+                                             "same `factory run` (and `factory encode`) again: it regenerates "
+                                             "exactly the removed chunks from their seeds.")
+    repair.add_argument("dir", type=Path, help="the factory output folder")
+    repair.set_defaults(handler=_repair)
 
     domains = commands.add_parser("domains", help="list the domain catalog (the paper's 28 + your YAML)",
                                   description="List the domains `factory run --domains` accepts.")
@@ -75,7 +94,8 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--domains-file", type=Path, default=None,
                      help="YAML adding or overriding domains (entries: name, kind, prompt, generator_checkpoint, ...)")
     run.add_argument("--samples-per-domain", type=int, default=None, metavar="N",
-                     help="image–triplane pairs per domain (default: the recipe's)")
+                     help="image–triplane pairs per domain (default: the recipe's; at most 100,000,000, and at "
+                          "most 999,999 chunks per domain)")
     run.add_argument("--multiview-identities", type=int, default=None, metavar="N",
                      help="identities per multiview set (dynamic, static) and domain (default: the recipe's)")
     run.add_argument("--actors-per-domain", type=int, default=None, metavar="N",
@@ -83,20 +103,27 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, default=None, help="run seed: every sample's seed derives from it (default 0)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to use: 'auto' (the cluster of this node), HOST:PORT or ray://HOST:PORT; "
-                          "default: start a local Ray for this run and stop it afterwards")
+                          "default: $RAY_ADDRESS when set, else a local Ray started for this run and stopped "
+                          "afterwards. Token-auth clusters need RAY_AUTH_MODE=token and the cluster's token")
     run.add_argument("--num-cpus", type=int, default=None,
                      help="CPUs of the local Ray (default: all cores; at least what the actors ask for)")
     run.add_argument("--config", type=Path, default=None,
                      help="a FactoryConfig YAML/JSON replacing the recipe (the options above still override it; "
                           "see factory/recipes.py for the fields)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--keep-versions-days", type=float, default=None, metavar="DAYS",
+                     help="keep old Lance versions younger than this, so a trainer pinned to one keeps it "
+                          "(default 7; 0 keeps only the latest)")
+    run.add_argument("--no-progress", action="store_true", help="no status line and progress bars")
     run.set_defaults(handler=_run)
 
 
 def build_config(args: argparse.Namespace):  # -> FactoryConfig (imported lazily)
     """The recipe (or ``--config``) with the command-line overrides applied."""
+    from factory.chunks import check_plan_size
     from factory.recipes import FactoryConfig, get_recipe
 
+    if args.config is not None:
+        check_text_file(args.config, "--config")
     config = FactoryConfig.load(args.config) if args.config else get_recipe(args.recipe)
     overrides = {"out": str(args.out)}
     for option, field in (("domains", "domains"), ("samples_per_domain", "samples_per_domain"),
@@ -107,28 +134,51 @@ def build_config(args: argparse.Namespace):  # -> FactoryConfig (imported lazily
     if args.domains_file is not None:
         if not args.domains_file.is_file():
             raise UserError(f"--domains-file {args.domains_file}: no such file")
+        check_text_file(args.domains_file, "--domains-file")
         overrides["domains_file"] = str(args.domains_file)
-    return config.replace(**overrides)
+    config = config.replace(**overrides)
+    check_plan_size(samples_per_domain=config.samples_per_domain, multiview_identities=config.multiview_identities,
+                    chunk_size=config.chunk_size, multiview_chunk_size=config.multiview_chunk_size)
+    return config
+
+
+def check_text_file(path: Path, option: str) -> None:
+    """A YAML/JSON file must be UTF-8 text (one-line error for a binary or otherwise encoded file)."""
+    if not path.is_file():
+        return  # the loader says "not found"
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{option} {path} is not a UTF-8 text file (YAML or JSON expected; byte {error.start} "
+                        "cannot be decoded)") from None
+    except OSError as error:
+        raise UserError(f"{option} {path}: {error.strerror or error}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if args.keep_versions_days is not None and args.keep_versions_days < 0:
+        raise UserError(f"--keep-versions-days must be >= 0, got {args.keep_versions_days}")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
     config = build_config(args)
     from factory.pipeline import FactoryError, run_factory
+    from factory.sink import DEFAULT_KEEP_VERSIONS_DAYS
 
+    keep = DEFAULT_KEEP_VERSIONS_DAYS if args.keep_versions_days is None else args.keep_versions_days
     try:
-        summary = run_factory(config, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+        summary = run_factory(config, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                              keep_versions_days=keep)
     except FactoryError as error:  # committed chunks stay: say so in one line (--debug: traceback)
         raise UserError(f"factory run failed: {error}; committed chunks are kept, run the command again to "
                         "resume") from error
     nodes = len(summary.chunks_per_node)
     print(f"factory run: {summary.committed_chunks} chunks committed ({summary.skipped_chunks} already done), "
           f"{summary.rows_total.get('pairs', 0)} pairs and {summary.rows_total.get('multiview', 0)} multiview "
-          f"rows in {summary.out}; {summary.resubmitted_chunks} chunks retried, {summary.orphans_removed} orphan "
-          f"files removed; {len(summary.actor_nodes)} actors on {nodes} node(s); {summary.seconds:.1f}s")
+          f"rows in {summary.out}; {summary.resubmitted_chunks} chunks retried after {summary.actor_failures} "
+          f"worker deaths, {summary.orphans_removed} orphan files removed; {len(summary.actor_nodes)} actors on "
+          f"{nodes} node(s); {summary.seconds:.1f}s ({summary.startup_seconds:.1f}s start-up)")
     return 0
 
 
@@ -137,8 +187,8 @@ def _existing_dir(path: Path) -> Path:
         raise UserError(f"{path}: no such folder")
     if not path.is_dir():
         raise UserError(f"{path} is not a folder")
-    if not any((path / f"{table}.lance").is_dir() for table in ("pairs", "multiview")):
-        raise UserError(f"{path} holds no factory dataset (no pairs.lance or multiview.lance)")
+    if not any((path / f"{table}.lance").is_dir() for table in ("pairs", "multiview", "encoded")):
+        raise UserError(f"{path} holds no factory dataset (no pairs.lance, multiview.lance or encoded.lance)")
     return path
 
 
@@ -165,14 +215,50 @@ def _preview(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     from factory.inspect import compact
 
-    for table, result in compact(_existing_dir(args.dir)).items():
+    if args.keep_versions_days is not None and args.keep_versions_days < 0:
+        raise UserError(f"--keep-versions-days must be >= 0, got {args.keep_versions_days}")
+    for table, result in compact(_existing_dir(args.dir), keep_versions_days=args.keep_versions_days).items():
         print(f"{table}: {result['rows']} rows, fragments {result['fragments_before']} → {result['fragments_after']}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from factory.verify import format_verify, verify
+
+    reports = verify(_existing_dir(args.dir))
+    if args.json:
+        print(json.dumps({table: dataclasses.asdict(report) for table, report in reports.items()}, indent=2))
+    else:
+        print(format_verify(reports))
+    return 0 if all(report.ok for report in reports.values()) else 1
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from factory.verify import repair
+
+    results = repair(_existing_dir(args.dir))
+    changed = False
+    for table, result in results.items():
+        if result.fragments_removed or result.chunks_removed or result.versions_rolled_back:
+            changed = True
+            print(f"{table}: removed {len(result.fragments_removed)} damaged fragment(s), "
+                  f"{result.rows_removed} rows of {len(result.chunks_removed)} chunk(s)"
+                  + (f", rolled back {result.versions_rolled_back} unreadable version(s)"
+                     if result.versions_rolled_back else "") + f"; now version {result.version}")
+        else:
+            print(f"{table}: nothing damaged")
+    if changed:
+        print("run the same `avatar4d factory run` (and `factory encode`) again to regenerate the removed chunks")
     return 0
 
 
 def _domains(args: argparse.Namespace) -> int:
     from factory.domains import load_domains
 
+    if args.domains_file is not None:
+        check_text_file(args.domains_file, "--domains-file")
     catalog = load_domains(args.domains_file)
     width = max(len(name) for name in catalog.names())
     for domain in catalog:

@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import lance
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError
 
 from avatar4d.config import Config, ConfigError
 from avatar4d.data.encoded_schema import (
@@ -59,12 +59,13 @@ from factory.pipeline import (
     FactoryError,
     WorkerSlot,
     commit_results,
-    is_permanent_failure,
     last_line,
     ray_session,
     run_lock,
     wait_for_workers,
 )
+from factory.ray_session import resolve_address
+from factory.scheduler import ChunkScheduler
 from factory.sink import LanceCommitter, open_dataset, stored_schema, write_fragments
 from factory.stages.encode import PAIRS_COLUMNS, EncodeConfig, EncodeStage
 
@@ -174,6 +175,10 @@ class EncodeWorker:
         self.stage = EncodeStage(vae_checkpoint, self.pairs.schema, config)
         self.encoded_uri = encoded_uri(data)
 
+    def ping(self) -> str:
+        """The node this worker runs on (the scheduler's liveness probe after a restart)."""
+        return self.node_id
+
     def describe(self) -> dict[str, Any]:
         """Node, process, device, the encoded schema and the null condition (small tensors)."""
         return {"node_id": self.node_id, "pid": os.getpid(), "device": self.stage.config.device,
@@ -220,11 +225,13 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
                on_commit: Callable[[CommitEvent], None] | None = None) -> EncodeSummary:
     """Encode every pair of ``config.data`` not encoded yet; see the module docstring.
 
-    ``local``: no Ray, one in-process worker. Otherwise ``address`` None starts a local Ray with
-    ``num_cpus`` CPUs (default: all) for the run; "auto", "host:port" or "ray://…" connect to a cluster.
+    ``local``: no Ray, one in-process worker. Otherwise ``address`` None uses ``RAY_ADDRESS`` when
+    set, else starts a local Ray with ``num_cpus`` CPUs (default: all) for the run; "auto",
+    "host:port" or "ray://…" connect to a cluster.
     ``on_commit`` is called after each commit (tests inject faults with it)."""
     started = time.perf_counter()
     data = check_data_folder(config.data)
+    address = None if local else resolve_address(address)
     on_this_machine = local or address is None
     vae_sha = check_vae_checkpoint(config.vae_checkpoint) if on_this_machine else None
     state = data / STATE_DIR / ENCODE_STATE
@@ -349,40 +356,16 @@ def _run_local(worker: EncodeWorker, pending: list[EncodeChunk], committer: Any,
 
 def _schedule(config: EncodeRunConfig, slots: list[WorkerSlot], pending: list[EncodeChunk], committer: Any,
               summary: EncodeSummary, bar: Any, on_commit: Callable[[CommitEvent], None] | None) -> None:
-    """Keep every actor at most ``max_in_flight_per_actor`` chunks deep; commit what finishes."""
-    queue = deque(pending)
-    in_flight: dict[Any, tuple[WorkerSlot, EncodeChunk]] = {}
-    attempts: Counter[str] = Counter()
-    while queue or in_flight:
-        for slot in slots:
-            while queue and slot.in_flight < config.max_in_flight_per_actor:
-                chunk = queue.popleft()
-                in_flight[slot.handle.run.remote(chunk)] = (slot, chunk)
-                slot.in_flight += 1
-        refs = list(in_flight)
-        ray.wait(refs, num_returns=1)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        finished = []
-        for ref in ready:
-            slot, chunk = in_flight.pop(ref)
-            slot.in_flight -= 1
-            try:
-                result: ChunkResult = ray.get(ref)
-            except RayActorError as error:  # the actor died (Ray restarts it): run the chunk again
-                attempts[chunk.chunk_id] += 1
-                if is_permanent_failure(error) or attempts[chunk.chunk_id] >= config.max_chunk_attempts:
-                    raise FactoryError(f"chunk {chunk.chunk_id} failed {attempts[chunk.chunk_id]} times "
-                                       f"({last_line(error)})") from None
-                logger.warning("actor %s died while encoding %s; chunk re-queued", slot.name, chunk.chunk_id)
-                queue.appendleft(chunk)
-                summary.resubmitted_chunks += 1
-                continue
-            except RayTaskError as error:
-                raise FactoryError(f"chunk {chunk.chunk_id} failed on {slot.name}: {last_line(error)}") from None
-            finished.append((chunk, result))
-        if finished:
-            _record(committer, finished, summary, bar, on_commit, [s.name for s in slots],
-                    {s.name: s.in_flight for s in slots})
+    """Keep every actor at most ``max_in_flight_per_actor`` chunks deep, survive actor deaths
+    (:class:`~factory.scheduler.ChunkScheduler`); commit what finishes."""
+
+    def commit(items: list[tuple[EncodeChunk, ChunkResult]]) -> None:
+        in_flight = {slot.name: slot.in_flight for slot in slots}
+        _record(committer, items, summary, bar, on_commit, [slot.name for slot in slots], in_flight)
+
+    scheduler = ChunkScheduler(slots, {ENCODED: iter(pending)}, on_finished=commit,
+                               max_in_flight=config.max_in_flight_per_actor, max_attempts=config.max_chunk_attempts)
+    summary.resubmitted_chunks += scheduler.run().resubmitted_chunks
 
 
 def _record(committer: Any, items: list[tuple[EncodeChunk, ChunkResult]], summary: EncodeSummary, bar: Any,

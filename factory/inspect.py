@@ -1,6 +1,7 @@
-"""Looking at a factory output folder: ``status`` (what is in it), ``preview`` (a contact sheet),
-``compact`` (merge fragments), and the folder's state files that runs share (``<out>/.factory``:
-the run lock, the recorded plan, the last run's summary). No Ray."""
+"""Looking at a factory output folder: ``status`` (what is in it), ``compact`` (merge fragments),
+and the folder's state files that runs share (``<out>/.factory``: the run lock, the last run's
+summary). ``preview`` lives in :mod:`factory.preview`, ``verify``/``repair`` in :mod:`factory.verify`.
+No Ray. Damaged datasets are one-line :class:`~factory.sink.DatasetDamagedError` s."""
 
 from __future__ import annotations
 
@@ -12,41 +13,49 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from avatar4d.data.schema import MULTIVIEW, PAIRS, SCHEMA_VERSION, TABLES, dataset_uri, schema_metadata
+from avatar4d.data.schema import MULTIVIEW, PAIRS, TABLES, dataset_uri, schema_metadata
 from avatar4d.errors import UserError
+from factory.preview import plane_channels_rgb, preview
 
-if TYPE_CHECKING:  # pragma: no cover
-    from factory.recipes import FactoryConfig
+__all__ = ["STATE_DIR", "committed_chunks", "compact", "format_status", "plane_channels_rgb", "preview",
+           "row_counts", "run_lock", "status", "write_json"]
 
 logger = logging.getLogger(__name__)
 
-PREVIEW_CELL = 96  # pixels per image / plane in the contact sheet
-STATE_DIR = ".factory"  # <out>/.factory: run.lock, plan.json, last-run.json, ray-local.json
-PLAN_KEYS = ("run_seed", "chunk_size", "multiview_chunk_size", "generator_preset")
+STATE_DIR = ".factory"  # <out>/.factory: run.lock, last-run.json, ray-local.json, encode/
+ENCODED = "encoded"
+_GROUP_COLUMNS = {PAIRS: ["domain"], MULTIVIEW: ["domain", "set"], ENCODED: ["domain"]}
 
 
 def status(out: str | Path) -> dict[str, Any]:
-    """Rows per domain (and multiview set), bytes on disk, versions, committed chunks, generator
-    hashes and factory/schema versions of each dataset, plus the recorded plan and last run."""
-    from factory.sink import dataset_bytes, open_dataset
+    """Rows per domain (and multiview set), bytes on disk, versions, committed chunks, every
+    generator hash per domain, factory/schema versions and the stored fingerprint of each dataset
+    (pairs, multiview, encoded), plus the last run; a table with data files but no committed
+    version (lost manifests) is reported under ``vanished``."""
+    from factory.fingerprint import read_fingerprint
+    from factory.sink import data_files_on_disk, dataset_bytes, open_dataset
 
     out = Path(out)
-    report: dict[str, Any] = {"out": str(out), "tables": {}}
-    for table in TABLES:
-        uri = dataset_uri(str(out), table)
+    report: dict[str, Any] = {"out": str(out), "tables": {}, "vanished": {}}
+    for table in (*TABLES, ENCODED):
+        uri = f"{str(out).rstrip('/')}/{table}.lance"
         dataset = open_dataset(uri)
         if dataset is None:
+            if data_files_on_disk(uri):
+                report["vanished"][table] = data_files_on_disk(uri)
             continue
-        keys = ["domain", "chunk_id", "generator_sha256", "factory_version"] + (["set"] if table == MULTIVIEW else [])
-        columns = dataset.to_table(columns=keys).to_pydict()
-        group = (columns["domain"] if table == PAIRS
-                 else [f"{d}/{s}" for d, s in zip(columns["domain"], columns["set"])])
+        names = dataset.schema.names
+        keys = [c for c in ["chunk_id", *_GROUP_COLUMNS[table], "generator_sha256", "factory_version"] if c in names]
+        columns = _read_columns(dataset, keys)
+        domains = columns.get("domain") or [c.split("/")[1] for c in columns["chunk_id"]]
+        group = (domains if table != MULTIVIEW else [f"{d}/{s}" for d, s in zip(domains, columns["set"])])
+        generators: dict[str, set[str]] = {}
+        for domain, sha in zip(domains, columns.get("generator_sha256", [])):
+            generators.setdefault(domain, set()).add(sha)
         metadata = schema_metadata(dataset.schema)
+        fingerprint = read_fingerprint(dataset)
         report["tables"][table] = {
             "uri": uri,
             "rows": dataset.count_rows(),
@@ -56,33 +65,52 @@ def status(out: str | Path) -> dict[str, Any]:
             "versions": len(dataset.versions()),
             "fragments": len(dataset.get_fragments()),
             "committed_chunks": len(set(columns["chunk_id"])),
-            "generators": dict(sorted(set(zip(columns["domain"], columns["generator_sha256"])))),
-            "factory_versions": sorted(set(columns["factory_version"])),
+            "generators": {domain: sorted(shas) for domain, shas in sorted(generators.items())},
+            "factory_versions": sorted(set(columns.get("factory_version", []))),
             "schema_version": metadata.get("avatar4d.schema_version"),
             "triplane": json.loads(metadata.get("avatar4d.triplane", "null")),
             "triplane_encoding": metadata.get("avatar4d.triplane_encoding"),
+            "encoding": {key: metadata[key] for key in ("avatar4d.vae_sha256", "avatar4d.encoder_sha256")
+                         if key in metadata},
+            "fingerprint": fingerprint,
         }
-    for name in ("plan", "last-run"):
-        path = out / ".factory" / f"{name}.json"
-        if path.is_file():
-            report[name.replace("-", "_")] = json.loads(path.read_text())
+    path = out / STATE_DIR / "last-run.json"
+    if path.is_file():
+        report["last_run"] = json.loads(path.read_text())
     return report
+
+
+def _read_columns(dataset: Any, columns: list[str]) -> dict[str, list[Any]]:
+    from factory.sink import DatasetDamagedError, damaged_message
+
+    try:
+        return dataset.to_table(columns=columns).to_pydict()
+    except Exception as error:  # noqa: BLE001 - a truncated or missing data file
+        raise DatasetDamagedError(damaged_message(dataset.uri, error)) from None
 
 
 def format_status(report: dict[str, Any]) -> str:
     """The status report as text, one block per table."""
     lines = [f"factory output {report['out']}"]
     for table, info in report["tables"].items():
+        versions = ", ".join(info["factory_versions"])
         lines.append(f"{table}: {info['rows']} rows, {info['bytes'] / 2**20:.1f} MiB, version {info['version']} "
                      f"({info['versions']} kept, {info['fragments']} fragments), {info['committed_chunks']} chunks "
-                     f"committed; schema v{info['schema_version']}, {', '.join(info['factory_versions'])}")
+                     f"committed; schema v{info['schema_version']}" + (f", {versions}" if versions else ""))
         triplane = info["triplane"]
         if triplane:
             lines.append(f"  triplane {triplane['shape']} {triplane['dtype']} ({info['triplane_encoding']})")
+        for key, sha in info["encoding"].items():
+            lines.append(f"  {key.removeprefix('avatar4d.')} {sha[:12]}")
         width = max((len(key) for key in info["rows_by_domain"]), default=0)
         for key, rows in info["rows_by_domain"].items():
-            sha = info["generators"].get(key.split("/")[0], "")
-            lines.append(f"  {key.ljust(width)}  {rows:>8}  generator {sha[:12]}")
+            shas = info["generators"].get(key.split("/")[0], [])
+            shown = ", ".join(sha[:12] for sha in shas)
+            label = "generator" if len(shas) < 2 else f"{len(shas)} GENERATORS"
+            lines.append(f"  {key.ljust(width)}  {rows:>8}" + (f"  {label} {shown}" if shas else ""))
+    for table, files in report.get("vanished", {}).items():
+        lines.append(f"{table}: NO COMMITTED VERSION but {files} data files on disk (manifests lost?); see "
+                     "`avatar4d factory verify`")
     if not report["tables"]:
         lines.append("no dataset committed yet")
     last = report.get("last_run")
@@ -93,92 +121,18 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plane_channels_rgb(triplane: torch.Tensor) -> torch.Tensor:
-    """Parametric triplane [4, C, R, R] → [4, 3, R, R] in [0, 1]: the first three channels of each
-    plane, min-max normalised per plane (fewer than 3 channels are repeated)."""
-    planes = triplane.float()
-    rgb = planes[:, :3] if planes.shape[1] >= 3 else planes[:, :1].expand(-1, 3, -1, -1)
-    low = rgb.amin(dim=(1, 2, 3), keepdim=True)
-    high = rgb.amax(dim=(1, 2, 3), keepdim=True)
-    return (rgb - low) / (high - low).clamp(min=1e-8)
-
-
-def _cell(image: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] in [0, 1] → [3, PREVIEW_CELL, PREVIEW_CELL]."""
-    return F.interpolate(image[None].float(), size=(PREVIEW_CELL, PREVIEW_CELL), mode="nearest")[0]
-
-
-def _read_rows(uri: str, domain: str, limit: int, columns: list[str]) -> dict[str, list[Any]] | None:
-    """Up to ``limit`` rows of ``domain``: PNG columns decoded to uint8 [3, H, W], the triplane to
-    [4, C, R, R]; multiview ``views`` as a list of view dicts per row."""
-    from avatar4d.data.codec import decode_png, decode_tensor
-    from avatar4d.data.schema import tensor_spec
-    from factory.sink import open_dataset
-
-    dataset = open_dataset(uri)
-    if dataset is None:
-        return None
-    escaped = domain.replace("'", "''")
-    table = dataset.to_table(columns=columns, filter=f"domain = '{escaped}'", limit=limit,
-                             blob_handling="all_binary")
-    if table.num_rows == 0:
-        return None
-    rows = table.to_pydict()
-    if "image" in rows:
-        rows["image"] = [decode_png(data) for data in rows["image"]]
-    if "triplane" in rows:
-        spec = tensor_spec(dataset.schema, "triplane")
-        rows["triplane"] = [decode_tensor(data, spec) for data in rows["triplane"]]
-    if "views" in rows:
-        rows["views"] = [[{**view, "image": decode_png(view["image"])} for view in views] for views in rows["views"]]
-    return rows
-
-
-def preview(out: str | Path, out_png: str | Path, *, per_domain: int = 4, domains: list[str] | None = None) -> Path:
-    """Contact sheet: per pair a row of [image | 4 planes (first 3 channels)], ``per_domain`` rows
-    per domain; then, per domain, the views of its first dynamic multiview identity."""
-    from avatar4d.viz import make_grid, save_png
-
-    out = Path(out)
-    known = status(out)["tables"]
-    present = sorted({key.split("/")[0] for info in known.values() for key in info["rows_by_domain"]})
-    missing = sorted(set(domains or ()) - set(present))
-    if missing:
-        raise UserError(f"{out} holds no rows of domain(s) {', '.join(missing)}; it has {', '.join(present)}")
-    names = domains or present
-    cells: list[torch.Tensor] = []
-    columns = 5
-    for domain in names:
-        rows = _read_rows(dataset_uri(str(out), PAIRS), domain, per_domain, ["image", "triplane"])
-        for index in range(0 if rows is None else len(rows["image"])):
-            cells.append(_cell(rows["image"][index].float() / 255))
-            cells += [_cell(plane) for plane in plane_channels_rgb(rows["triplane"][index])]
-    for domain in names:
-        rows = _read_rows(dataset_uri(str(out), MULTIVIEW), domain, 1, ["views", "set"])
-        if rows is None:
-            continue
-        strip = [_cell(view["image"].float() / 255) for view in rows["views"][0][:columns]]
-        cells += strip + [torch.ones(3, PREVIEW_CELL, PREVIEW_CELL)] * (columns - len(strip))
-    if not cells:
-        raise UserError(f"{out} holds no rows for domains {names}")
-    sheet = make_grid(torch.stack(cells), nrow=columns, padding=2, pad_value=1.0)
-    path = save_png(sheet, out_png)
-    logger.info("wrote a %dx%d contact sheet of %d domains to %s", sheet.shape[2], sheet.shape[1], len(names), path)
-    return path
-
-
 # ---- the output folder's state (used by the pipeline) ---------------------------------------
 
 
 def committed_chunks(out: str) -> dict[str, set[str]]:
     """Chunk ids in each existing dataset (no schema needed: read before any worker starts)."""
-    from factory.sink import CHUNK_ID, open_dataset
+    from factory.sink import open_dataset, read_chunk_ids
 
     done = {}
     for table in TABLES:
         dataset = open_dataset(dataset_uri(out, table))
         if dataset is not None:
-            done[table] = set(dataset.to_table(columns=[CHUNK_ID]).column(CHUNK_ID).unique().to_pylist())
+            done[table] = read_chunk_ids(dataset)
     return done
 
 
@@ -209,35 +163,18 @@ def run_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def check_plan(config: FactoryConfig, path: Path) -> dict[str, Any]:
-    """Resuming needs the chunk ids to mean the same samples as before: same seed, chunking and
-    generator preset, and the same sizes for domains already present (new domains may be added).
-    Returns the plan record to write once the run has checked the datasets."""
-    plan = {key: getattr(config, key) for key in PLAN_KEYS}
-    sizes = {d: [config.samples_per_domain, config.multiview_identities] for d in config.domains}
-    if path.is_file():
-        old = json.loads(path.read_text())
-        for key in PLAN_KEYS:
-            if old.get(key) != plan[key]:
-                raise UserError(f"{path.parent.parent} was made with {key}={old.get(key)}, this run has "
-                                f"{key}={plan[key]}; use the same setting or another --out")
-        for domain, old_sizes in old.get("sizes", {}).items():
-            if domain in sizes and sizes[domain] != old_sizes:
-                raise UserError(f"{path.parent.parent} holds domain {domain} with {old_sizes[0]} samples and "
-                                f"{old_sizes[1]} multiview identities; resume with the same numbers or use "
-                                "another --out")
-        sizes = {**old.get("sizes", {}), **sizes}
-    return {**plan, "sizes": sizes, "schema_version": SCHEMA_VERSION}
-
-
 def write_json(path: Path, record: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record, indent=2, sort_keys=True))
     os.replace(temporary, path)
 
 
-def compact(out: str | Path) -> dict[str, dict[str, Any]]:
-    """Compact every dataset of ``out`` (rows unchanged) while holding the run lock."""
+def compact(out: str | Path, *, keep_versions_days: float | None = None) -> dict[str, dict[str, Any]]:
+    """Compact every dataset of ``out`` (rows unchanged) while holding the run lock; versions
+    younger than ``keep_versions_days`` (default: the sink's) are kept."""
+    from factory.sink import DEFAULT_KEEP_VERSIONS_DAYS
+
+    keep = DEFAULT_KEEP_VERSIONS_DAYS if keep_versions_days is None else keep_versions_days
     from factory.sink import LanceCommitter, open_dataset, stored_schema
 
     out = Path(out)
@@ -248,5 +185,5 @@ def compact(out: str | Path) -> dict[str, dict[str, Any]]:
             uri = dataset_uri(str(out), table)
             dataset = open_dataset(uri)
             if dataset is not None:
-                results[table] = LanceCommitter(uri, stored_schema(dataset)).compact()
+                results[table] = LanceCommitter(uri, stored_schema(dataset)).compact(keep_versions_days=keep)
     return results

@@ -17,6 +17,13 @@ never committed (a crashed actor, a duplicate retry, a driver killed between wri
 an orphan: :meth:`LanceCommitter.cleanup_orphans` compares the files under ``data/`` with those the
 latest version references and deletes the rest.
 
+Old versions: orphan cleanup keeps every version younger than ``keep_versions_days`` (default
+:data:`DEFAULT_KEEP_VERSIONS_DAYS`), and the files they reference, so a trainer pinned to a
+version keeps reading it; older versions are dropped through Lance's ``cleanup_old_versions``.
+
+Damage: a dataset that cannot be opened or scanned raises :class:`DatasetDamagedError`, one line
+without Lance's source paths, pointing at ``avatar4d factory verify``.
+
 Concurrency: every mutating call holds a lock file next to the dataset (``<uri>.commit.lock``,
 ``fcntl.flock``; local paths only) plus a thread lock, so several committers on one path (threads
 or processes) serialise and each re-reads the ledger under the lock: all their chunks land, none
@@ -31,6 +38,7 @@ import datetime
 import fcntl
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -53,6 +61,20 @@ CHUNK_ID = "chunk_id"
 BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 BLOB_EXTENSION_NAME = "lance.blob.v2"
 DEFAULT_TARGET_FRAGMENT_BYTES = 1 << 30  # compaction target: ~1 GiB per fragment
+DEFAULT_KEEP_VERSIONS_DAYS = 7.0  # old versions kept for readers pinned to them
+_SOURCE_PATH = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+(?::\d+)?")
+_LIBRARY_PREFIX = re.compile(r"^(?:External error: |LanceError\(\w+\): )+")
+
+
+class DatasetDamagedError(UserError):
+    """A dataset's manifest or data files cannot be read."""
+
+
+def clean_error(error: BaseException | str) -> str:
+    """One line of a Lance/Arrow error: no Rust source paths, no wrapper prefixes."""
+    text = " ".join(str(error).split())
+    text = _SOURCE_PATH.sub("", text)
+    return _LIBRARY_PREFIX.sub("", text).strip() or type(error).__name__
 
 
 class ChunkConflictError(ValueError):
@@ -95,16 +117,40 @@ def stored_schema(dataset: lance.LanceDataset) -> pa.Schema:
     return pa.schema(fields, metadata=dataset.schema.metadata)
 
 
-def open_dataset(uri: str | Path) -> lance.LanceDataset | None:
-    """Open the latest version, or None when no version has been committed yet."""
+def open_dataset(uri: str | Path, version: int | None = None) -> lance.LanceDataset | None:
+    """Open the latest version (or ``version``), or None when no version has been committed yet;
+    an unreadable manifest raises :class:`DatasetDamagedError`."""
     if _is_local(str(uri)) and not (_local_path(uri) / "_versions").is_dir():
         return None
     try:
-        return lance.dataset(str(uri))
+        return lance.dataset(str(uri), version=version)
     except ValueError as error:  # lance reports a missing dataset as ValueError("... was not found")
-        if "not found" in str(error).lower():
+        if "not found" in str(error).lower() and version is None:
             return None
-        raise
+        raise DatasetDamagedError(damaged_message(uri, error)) from None
+    except Exception as error:  # noqa: BLE001 - LanceError(IO), OSError, pyo3 panics: all mean a damaged manifest
+        raise DatasetDamagedError(damaged_message(uri, error)) from None
+
+
+def damaged_message(uri: str | Path, error: BaseException | str) -> str:
+    out = _local_path(uri).parent
+    return (f"{uri} is damaged ({clean_error(error)}); run `avatar4d factory verify {out}` to see what, "
+            f"`avatar4d factory repair {out}` to remove it")
+
+
+def read_chunk_ids(dataset: lance.LanceDataset) -> set[str]:
+    """The distinct chunk ids of a dataset version (:class:`DatasetDamagedError` when unreadable)."""
+    try:
+        column = dataset.to_table(columns=[CHUNK_ID]).column(CHUNK_ID)
+    except Exception as error:  # noqa: BLE001 - a truncated or missing data file
+        raise DatasetDamagedError(damaged_message(dataset.uri, error)) from None
+    return set(pc.unique(column).to_pylist()) - {None}
+
+
+def data_files_on_disk(uri: str | Path) -> int:
+    """Lance data files under a local dataset's ``data/`` (committed or not)."""
+    data = _local_path(uri) / "data"
+    return sum(1 for _ in data.glob("*.lance")) if data.is_dir() else 0
 
 
 def referenced_data_files(dataset: lance.LanceDataset | None) -> set[str]:
@@ -200,22 +246,21 @@ class LanceCommitter:
 
     # ---- maintenance --------------------------------------------------------------------------
 
-    def cleanup_orphans(self, *, min_age_s: float = 0.0, prune_old_versions: bool = True) -> int:
-        """Delete data files that the latest version does not reference (leftovers of crashed or
-        duplicated writes); return how many data files were deleted. ``prune_old_versions`` first
-        lets Lance drop older versions (and the files only they reference), so that no old version
-        is left pointing at deleted files. Files younger than ``min_age_s`` are kept. Do not run it
-        while actors may still be writing fragments for this dataset."""
+    def cleanup_orphans(self, *, min_age_s: float = 0.0, prune_old_versions: bool = True,
+                        keep_versions_days: float = DEFAULT_KEEP_VERSIONS_DAYS) -> int:
+        """Delete data files that no kept version references (leftovers of crashed or duplicated
+        writes); return how many data files were deleted. ``prune_old_versions`` first lets Lance
+        drop the versions older than ``keep_versions_days`` (0: all but the latest) and the files
+        only they reference. Files younger than ``min_age_s`` are kept. Do not run it while actors
+        may still be writing fragments for this dataset."""
         if not _is_local(self.uri):
             raise UserError(f"orphan cleanup supports local datasets only, got {self.uri}")
         with self._locked():
             dataset = open_dataset(self.uri)
             if dataset is not None and prune_old_versions:
-                stats = dataset.cleanup_old_versions(older_than=datetime.timedelta(0),
-                                                     error_if_tagged_old_versions=False)
-                logger.info("pruned %d old versions (%d bytes)", stats.old_versions, stats.bytes_removed)
+                self._prune_versions(dataset, keep_versions_days)
                 dataset = open_dataset(self.uri)
-            referenced = {Path(path).stem for path in referenced_data_files(dataset)}
+            referenced = {Path(path).stem for path in referenced_by_kept_versions(dataset)}
             data_dir = _local_path(self.uri) / "data"
             if not data_dir.is_dir():
                 return 0
@@ -232,8 +277,8 @@ class LanceCommitter:
             return removed
 
     def compact(self, *, target_rows_per_fragment: int | None = None,
-                target_fragment_bytes: int = DEFAULT_TARGET_FRAGMENT_BYTES, prune_old_versions: bool = True
-                ) -> dict[str, Any]:
+                target_fragment_bytes: int = DEFAULT_TARGET_FRAGMENT_BYTES, prune_old_versions: bool = True,
+                keep_versions_days: float = DEFAULT_KEEP_VERSIONS_DAYS) -> dict[str, Any]:
         """Merge small fragments (keeps every row; checked) and, by default, drop the replaced
         files. The target rows per fragment default to ``target_fragment_bytes`` / bytes per row."""
         with self._locked():
@@ -248,17 +293,33 @@ class LanceCommitter:
             dataset = open_dataset(self.uri)
             if dataset.count_rows() != rows_before:
                 raise RuntimeError(f"compaction changed the row count {rows_before} → {dataset.count_rows()}")
-            bytes_removed = 0
-            if prune_old_versions:
-                bytes_removed = dataset.cleanup_old_versions(older_than=datetime.timedelta(0),
-                                                             error_if_tagged_old_versions=False).bytes_removed
+            bytes_removed = self._prune_versions(dataset, keep_versions_days) if prune_old_versions else 0
             self._state_version = None
             return {"rows": rows_before, "fragments_before": fragments_before,
                     "fragments_after": len(dataset.get_fragments()), "fragments_removed": metrics.fragments_removed,
                     "fragments_added": metrics.fragments_added, "target_rows_per_fragment": target_rows_per_fragment,
                     "bytes_removed": bytes_removed, "version": dataset.version}
 
+    def update_metadata(self, key: str, value: str) -> None:
+        """Set one key of the dataset's table metadata (a new version; creates the dataset, empty,
+        when it does not exist yet)."""
+        with self._locked():
+            dataset = open_dataset(self.uri) or self._create_empty()
+            if (dataset.metadata or {}).get(key) != value:
+                dataset.update_metadata({key: value})
+            self._state_version = None
+
     # ---- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _prune_versions(dataset: lance.LanceDataset, keep_versions_days: float) -> int:
+        if keep_versions_days < 0:
+            raise ValueError(f"keep_versions_days must be >= 0, got {keep_versions_days}")
+        stats = dataset.cleanup_old_versions(older_than=datetime.timedelta(days=keep_versions_days),
+                                             error_if_tagged_old_versions=False)
+        logger.info("pruned %d versions older than %g days (%d bytes)", stats.old_versions, keep_versions_days,
+                    stats.bytes_removed)
+        return int(stats.bytes_removed)
 
     def _state_for(self, dataset: lance.LanceDataset | None) -> tuple[set[str], set[str]]:
         """(committed chunk ids, referenced data files) of ``dataset``; re-read only when the version
@@ -266,8 +327,7 @@ class LanceCommitter:
         if dataset is None:
             self._ledger, self._referenced, self._state_version = set(), set(), None
         elif self._state_version != dataset.version:
-            column = dataset.to_table(columns=[CHUNK_ID]).column(CHUNK_ID)
-            self._ledger = set(pc.unique(column).to_pylist()) - {None}
+            self._ledger = read_chunk_ids(dataset)
             self._referenced = referenced_data_files(dataset)
             self._state_version = dataset.version
         return self._ledger, self._referenced
@@ -321,6 +381,17 @@ class LanceCommitter:
                     yield
                 finally:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def referenced_by_kept_versions(dataset: lance.LanceDataset | None) -> set[str]:
+    """Data files (relative to ``data/``) referenced by any version the dataset still has."""
+    if dataset is None:
+        return set()
+    files = referenced_data_files(dataset)
+    for info in dataset.versions():
+        if info["version"] != dataset.version:
+            files |= referenced_data_files(open_dataset(dataset.uri, version=info["version"]))
+    return files
 
 
 def dataset_bytes(uri: str | Path) -> int:

@@ -51,7 +51,8 @@ def test_every_pair_decodes_and_matches_regeneration_from_its_seed(finished_run)
     rows = table.to_pylist()
     catalog = load_domains()
     for domain in DOMAINS:
-        checkpoint = ensure_domain_generator(catalog.get(domain), out / "generators" / "tiny", "tiny")
+        checkpoint = ensure_domain_generator(catalog.get(domain), Path(config.default_generator_cache),
+                                             config.generator_preset, config.generator_kind)
         stage = SynthesizeStage(domain, checkpoint, config.synthesize)
         for row in (r for r in rows if r["domain"] == domain):
             image = decode_png(row["image"])
@@ -109,11 +110,19 @@ def test_status_and_preview_describe_the_run(finished_run, tmp_path: Path):
     assert set(report["tables"]["multiview"]["rows_by_domain"]) == {f"{d}/{s}" for d in DOMAINS
                                                                      for s in ("dynamic", "static")}
     assert "pixar" in format_status(report)
+    assert pairs["generators"] == {d: [pairs["fingerprint"]["domains"][d]["generator_sha256"]] for d in DOMAINS}
     sheet = preview(out, tmp_path / "sheet.png", per_domain=2)
+    import numpy as np
     from PIL import Image
 
-    with Image.open(sheet) as image:  # 2 domains × 2 pairs + 2 multiview strips, 5 cells of 96 px a row
-        assert image.size == (5 * 98 + 2, 6 * 98 + 2)
+    with Image.open(sheet) as image:  # labelled: 4 pair rows + 2 × (image, depth) multiview rows, cells >= 160 px
+        width, height = image.size
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert width >= 5 * 160 and height >= 8 * 160
+    label_strip = pixels[: 40]  # the title and column labels: dark text on white
+    assert (label_strip < 128).sum() > 200
+    card = (out / "DATASET_CARD.md").read_text()
+    assert "pixar" in card and "triplane" in card and "git" in card.lower() and "pylance" in card
 
 
 def test_compact_merges_fragments_and_keeps_every_row(finished_run, capsys):

@@ -90,3 +90,38 @@ def test_chunk_validation_and_properties():
         Chunk("images", "pixar", "pairs", 0, 0, 1, 0)
     with pytest.raises(ValueError, match="start < stop"):
         Chunk("multiview", "pixar", "static", 0, 3, 3, 0)
+
+
+def test_lazy_plan_matches_the_full_list_and_finds_chunks_by_id():
+    from factory.chunks import ChunkPlan
+
+    kwargs = dict(samples_per_domain=23, multiview_identities=5, chunk_size=8, multiview_chunk_size=2, run_seed=7)
+    plan = ChunkPlan(tuple(DOMAINS), **kwargs)
+    full = plan_chunks(domains=DOMAINS, **kwargs)
+    assert list(plan) == full and len(plan) == len(full)
+    assert all(plan.chunk(chunk.chunk_id) == chunk for chunk in full)
+    with pytest.raises(KeyError):
+        plan.chunk("pairs/pixar/pairs/000003")  # 23 samples in chunks of 8: indices 0..2
+
+
+def test_huge_plans_are_refused_in_one_line_and_big_ones_stay_lazy():
+    import time
+    import tracemalloc
+
+    from avatar4d.errors import UserError
+    from factory.chunks import MAX_ITEMS_PER_DOMAIN, ChunkPlan
+
+    with pytest.raises(UserError, match="limit") as error:
+        ChunkPlan(("pixar",), 1_000_000_000_000, 0, 64, 1, 0)
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="chunks per domain"):
+        ChunkPlan(("pixar",), MAX_ITEMS_PER_DOMAIN, 0, 8, 1, 0)  # 12.5M chunks > 999,999
+    tracemalloc.start()
+    begin = time.perf_counter()
+    plan = ChunkPlan(tuple(f"d{i}" for i in range(28)), 50_000_000, 0, 64, 1, 0)  # 21.9M chunks
+    first = next(iter(plan))
+    assert len(plan) == 28 * 781_250 and first.chunk_id == "pairs/d0/pairs/000000"
+    assert plan.chunk("pairs/d27/pairs/781249").size == 50_000_000 - 781_249 * 64
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20 and time.perf_counter() - begin < 1.0  # nothing was listed

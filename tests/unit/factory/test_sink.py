@@ -14,8 +14,11 @@ from avatar4d.data.schema import TensorSpec, pairs_schema
 from avatar4d.errors import UserError
 from factory.sink import (
     ChunkConflictError,
+    DatasetDamagedError,
     FragmentReuseError,
     LanceCommitter,
+    clean_error,
+    open_dataset,
     referenced_data_files,
     stored_schema,
     write_fragments,
@@ -42,6 +45,7 @@ def chunk_table(schema: pa.Schema, domain: str, index: int, start: int, size: in
         "face_params": [[0.5] * FACE_DIM for _ in rows], "image": [b"png%d" % i for i in rows],
         "triplane": [bytes([i % 251]) * triplane_bytes for i in rows],
         "generator_sha256": ["ab" * 32] * size, "factory_version": ["0.1.0"] * size,
+        **({"generator_kind": ["gan"] * size} if "generator_kind" in schema.names else {}),
     }, schema=schema)
     return chunk_id, table
 
@@ -224,7 +228,7 @@ def test_compaction_keeps_rows_and_reduces_fragments(tmp_path: Path, schema: pa.
         committer.commit([chunk_id], write_fragments(str(uri), table, schema))
     before = lance.dataset(str(uri)).to_table(blob_handling="all_binary").sort_by("sample_index")
     assert len(lance.dataset(str(uri)).get_fragments()) == 6
-    report = committer.compact(target_rows_per_fragment=100)
+    report = committer.compact(target_rows_per_fragment=100, keep_versions_days=0)
     assert report["rows"] == 18 and report["fragments_before"] == 6 and report["fragments_after"] == 1
     dataset = lance.dataset(str(uri))
     assert dataset.to_table(blob_handling="all_binary").sort_by("sample_index").equals(before)
@@ -247,3 +251,49 @@ def test_existing_dataset_with_incompatible_schema_is_a_user_error(tmp_path: Pat
         LanceCommitter(str(uri), other_columns)
     with pytest.raises(ValueError, match="chunk_id"):
         LanceCommitter(str(tmp_path / "x.lance"), pa.schema([pa.field("a", pa.int64())]))
+
+
+def test_old_versions_inside_the_window_stay_readable(tmp_path: Path, schema: pa.Schema) -> None:
+    """A reader pinned to an old version keeps it through compaction and orphan cleanup (the old
+    behaviour deleted every old version on each run)."""
+    uri = tmp_path / "pairs.lance"
+    committer = LanceCommitter(str(uri), schema)
+    for index in range(3):
+        chunk_id, table = chunk_table(schema, "retro", index, 2 * index, 2)
+        committer.commit([chunk_id], write_fragments(str(uri), table, schema))
+    pinned = lance.dataset(str(uri)).version
+    expected = lance.dataset(str(uri)).to_table(blob_handling="all_binary").sort_by("sample_index")
+    committer.compact(target_rows_per_fragment=100)
+    assert committer.cleanup_orphans() == 0
+    old = lance.dataset(str(uri), version=pinned)
+    assert old.to_table(blob_handling="all_binary").sort_by("sample_index").equals(expected)
+    committer.cleanup_orphans(keep_versions_days=0)  # a window of 0 days keeps only the latest
+    assert [v["version"] for v in lance.dataset(str(uri)).versions()] == [lance.dataset(str(uri)).version]
+    assert data_file_names(uri) == referenced_data_files(lance.dataset(str(uri)))
+
+
+def test_damaged_datasets_are_one_line_errors_without_library_paths(tmp_path: Path, schema: pa.Schema) -> None:
+    uri = tmp_path / "pairs.lance"
+    committer = LanceCommitter(str(uri), schema)
+    for index in range(2):
+        chunk_id, table = chunk_table(schema, "ink", index, 2 * index, 2)
+        committer.commit([chunk_id], write_fragments(str(uri), table, schema))
+    data_file = sorted((uri / "data").glob("*.lance"))[0]
+    data_file.write_bytes(data_file.read_bytes()[:100])  # truncated
+    with pytest.raises(DatasetDamagedError) as error:
+        LanceCommitter(str(uri), schema).committed_chunks()
+    message = str(error.value)
+    assert "\n" not in message and ".rs:" not in message and "factory verify" in message
+    for manifest in (uri / "_versions").glob("*.manifest"):
+        manifest.write_bytes(b"garbage" * 10)
+    with pytest.raises(DatasetDamagedError) as error:
+        open_dataset(uri)
+    assert "\n" not in str(error.value) and ".rs:" not in str(error.value)
+
+
+def test_clean_error_drops_rust_source_paths() -> None:
+    raw = ("External error: LanceError(IO): Generic LocalFileSystem error: failed to fill whole buffer, "
+           "/rustc/48a229ce/library/core/src/ops/function.rs:250:5")
+    assert clean_error(raw) == "Generic LocalFileSystem error: failed to fill whole buffer"
+    assert clean_error("Not found: a/b.blob, /home/runner/work/lance/rust/lance-io/src/local.rs:273:40") == \
+        "Not found: a/b.blob"

@@ -1,0 +1,79 @@
+"""Checks a factory run makes before it writes anything: no committed table vanished, and the
+datasets were made with this run's settings (their stored fingerprint)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from avatar4d.data.schema import TABLES, dataset_uri
+from avatar4d.errors import UserError
+from factory.fingerprint import build_fingerprint, check_fingerprint, read_fingerprint
+from factory.sink import data_files_on_disk, open_dataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from factory.recipes import FactoryConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TableVanishedError(UserError):
+    """A table that earlier runs committed rows to has no committed version any more."""
+
+
+def check_tables_present(out: str, state: Path) -> None:
+    """Refuse a folder whose committed table lost its manifests while data files remain (they would
+    otherwise be deleted as orphans and regenerated); warn loudly when a committed table is gone."""
+    last_run = state / "last-run.json"
+    try:
+        recorded = json.loads(last_run.read_text()).get("rows_total", {}) if last_run.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        recorded = {}
+    for table in TABLES:
+        uri = dataset_uri(out, table)
+        if (Path(uri) / "_versions").is_dir():
+            continue
+        files = data_files_on_disk(uri)
+        rows = recorded.get(table, 0)
+        if files and rows:
+            raise TableVanishedError(
+                f"{uri} held {rows} committed rows but its version manifests (_versions/) are gone; {files} data files "
+                "remain. Restore _versions/ from a backup, or move the table away to regenerate it (nothing was "
+                "deleted)")
+        if rows:
+            logger.warning("%s held %d committed rows (last run) but is gone: it is regenerated from scratch", uri,
+                           rows)
+
+
+def _local_generator_sha(domain: Any, config: FactoryConfig) -> str | None:
+    """The weights sha256 of a domain's generator when its checkpoint is readable here (a named
+    checkpoint, or the random one already in the cache); None otherwise (the workers report it)."""
+    from avatar4d.checkpoint.io import CheckpointError, read_checkpoint_info
+
+    if domain.generator_checkpoint:
+        path = Path(domain.generator_checkpoint).expanduser()
+    else:
+        cache = config.generator_cache or config.default_generator_cache
+        path = Path(cache) / domain.name
+    try:
+        return read_checkpoint_info(path).weights_sha256 if path.is_dir() else None
+    except CheckpointError:
+        return None
+
+
+def fingerprint_before_start(config: FactoryConfig, domains: list[Any]) -> dict[str, Any]:
+    """The run's fingerprint as far as it is known before any worker starts."""
+    return build_fingerprint(config, {domain.name: _local_generator_sha(domain, config) for domain in domains})
+
+
+def check_stored_fingerprints(config: FactoryConfig, fingerprint: dict[str, Any], done: dict[str, set[str]]) -> None:
+    """Compare ``fingerprint`` with the one stored in each existing dataset (only domains with rows)."""
+    for table in TABLES:
+        dataset = open_dataset(dataset_uri(config.out, table))
+        if dataset is None:
+            continue
+        with_rows = {chunk_id.split("/")[1] for chunk_id in done.get(table, ()) if chunk_id.count("/") == 3}
+        check_fingerprint(f"{config.out}/{table}.lance", read_fingerprint(dataset), fingerprint,
+                          domains_with_rows=with_rows)
