@@ -25,6 +25,8 @@ anchored to the mean head's layout, so they move with the mesh's identity and ex
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -59,6 +61,9 @@ class HeadGeometry:
         self.y0, self.b = ((y_min + y_max) / 2).reshape(shape), ((y_max - y_min) / 2).reshape(shape)
         z_min, z_max = z.amin(1), z[:, body].amax(1)
         self.z0, self.c = ((z_min + z_max) / 2).reshape(shape), ((z_max - z_min) / 2).reshape(shape)
+        # the surface sits where q = 1 + δ: shrink the axes so it passes through the mesh's extents
+        shrink = 1 / math.sqrt(1 + DENSITY_OFFSET)
+        self.a, self.b, self.c = self.a * shrink, self.b * shrink, self.c * shrink
 
 
 def plane_coordinates(resolution: int, box_warp: float, device: torch.device) -> Tensor:

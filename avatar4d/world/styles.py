@@ -83,7 +83,7 @@ HAND_PICKED: dict[str, DomainStyle] = {style.name: style for style in (
     _style("lego", skin_dark=(0.95, 0.78, 0.05), skin_light=(1.0, 0.86, 0.15), hair_dark=(0.10, 0.08, 0.06),
            hair_light=(0.60, 0.12, 0.08), lips=(0.10, 0.08, 0.06), iris_a=(0.05, 0.05, 0.05),
            iris_b=(0.10, 0.10, 0.10), sclera=(0.05, 0.05, 0.05), toon_levels=2, shading=0.5, saturation=1.3),
-    _style("zombie", skin_dark=(0.35, 0.45, 0.25), skin_light=(0.55, 0.65, 0.42), hair_dark=(0.12, 0.12, 0.10),
+    _style("zombie", skin_dark=(0.25, 0.48, 0.18), skin_light=(0.42, 0.72, 0.30), hair_dark=(0.12, 0.12, 0.10),
            hair_light=(0.30, 0.28, 0.22), lips=(0.30, 0.12, 0.15), iris_a=(0.85, 0.85, 0.60),
            iris_b=(0.70, 0.20, 0.15), pattern="spots", pattern_color=(0.30, 0.10, 0.10), pattern_strength=0.6,
            pattern_frequency=14.0),
