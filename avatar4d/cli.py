@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
@@ -34,6 +35,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
                                              "to avatar4d format"),
     "eval": ("avatar4d.commands.evaluate", "AvatarArtist's table-1 metrics (not built yet)"),
 }
+QUIET_MODULES = r"(torch|torchvision|deepspeed|ray|mlflow|pydantic|lance|open_clip|timm)(\.|$)"
 GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "--debug", "--version", "-h", "--help"}
 
 
@@ -125,9 +127,14 @@ def configure_logging(verbose: int) -> None:
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose == 0:
+    if verbose == 0:  # third-party chatter (deprecations, fork-safety notes, "creating tables") only with -v
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|deepspeed|ray|mlflow|pydantic)\.")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=QUIET_MODULES)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its logger from it on import
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for name in ("mlflow", "alembic", "ray", "deepspeed", "lance", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

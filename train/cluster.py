@@ -49,7 +49,9 @@ def ray_session(address: str | None, num_cpus: int | None, *, verbose: bool = Fa
         yield "the connected Ray"
         return
     target = target_address(address)
-    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("ray").setLevel(level)  # before init: its token-auth notice is logged early
+    quiet = {"log_to_driver": verbose, "logging_level": level}
     try:
         if target:
             ray.init(address=target, **quiet)

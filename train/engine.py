@@ -128,9 +128,10 @@ def skip_cpu_shm_op() -> None:
     docstring); without it DeepSpeed's comm layer uses torch.distributed (gloo) directly."""
     if os.environ.get(SHM_ENV) == "1":
         return
-    import deepspeed.comm.torch
+    import importlib
 
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # by module name: the attribute `deepspeed.comm.torch` is the torch package itself
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def reduce_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:

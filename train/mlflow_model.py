@@ -48,7 +48,7 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"no pyfunc for {self.component!r} checkpoints")
         self.model = model_class.from_pretrained(path).eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
         import torch
 
         inputs = {k: torch.from_numpy(v) for k, v in _arrays(model_input).items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue as queue_lib
 import threading
-import time
 from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
@@ -61,7 +60,6 @@ class ProgressBar:
         self._bar = tqdm(total=self.total, unit="step", desc=f"{self.description}: {self._status}", dynamic_ncols=True,
                          disable=not self.enabled, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
                                                               "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-        self._thread.start()
         return self
 
     def status(self, text: str) -> None:
@@ -72,12 +70,17 @@ class ProgressBar:
             self._bar.set_description_str(f"{self.description}: {text}")
 
     def attach(self, queue: Any) -> None:
+        """Follow the reports arriving in ``queue`` (a thread) until :meth:`detach`."""
         self.queue = queue
+        self._thread.start()
+
+    def detach(self) -> None:
+        """Stop following (call while Ray is still up: the thread reads a Ray queue)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _reports(self) -> list[dict[str, Any]]:
-        if self.queue is None:
-            time.sleep(0.2)
-            return []
         try:
             first = self.queue.get(block=True, timeout=0.5)
         except (queue_lib.Empty, Exception):  # ray.util.queue.Empty subclasses queue.Empty
@@ -112,9 +115,9 @@ class ProgressBar:
                     bar.refresh()
                 if self._stop.is_set():
                     break
-        finally:
-            bar.close()
+        except Exception:  # Ray going away under the thread must not take the run down
+            logger.debug("progress thread stopped", exc_info=True)
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self.detach()
+        self._bar.close()

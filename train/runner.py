@@ -198,7 +198,10 @@ def run_training(config: TaskConfig, *, resume: bool = False, address: str | Non
             logger.info("training %s: %d workers, %d steps, storage %s", train.run_name, train.num_workers,
                         train.steps, storage)
             try:
-                result = trainer.fit()
+                try:
+                    result = trainer.fit()
+                finally:
+                    bar.detach()
             except KeyboardInterrupt:
                 tracking.end("KILLED")
                 forget_failed_start(config)

@@ -24,9 +24,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -163,7 +166,9 @@ class RunTracking:
         example = input_example(info.component, info.config)
         outputs = _predict_example(checkpoint_dir, example)
         mlflow.set_tracking_uri(self.train.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        # MLflow suggests type hints on predict(); this model declares its signature instead
+        with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             model = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
                 artifacts={"checkpoint": str(checkpoint_dir)}, code_paths=[str(Path(avatar4d.__file__).parent)],
@@ -180,8 +185,12 @@ class RunTracking:
         if any(v.tags.get("avatar4d.weights_sha256") == weights_sha256 for v in earlier):
             logger.info("model %s of this run is registered already", name)
             return
-        version = mlflow.register_model(model_uri, name, tags={"avatar4d.weights_sha256": weights_sha256,
-                                                              "avatar4d.step": str(step), RUN_TAG: run_key(self.train)})
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):  # register_model prints its progress to stderr
+            version = mlflow.register_model(model_uri, name, tags={"avatar4d.weights_sha256": weights_sha256,
+                                                                  "avatar4d.step": str(step),
+                                                                  RUN_TAG: run_key(self.train)})
+        logger.info("%s", printed.getvalue().strip())
         for old in earlier:
             if getattr(old, "aliases", None):
                 logger.warning("version %s of %s has aliases %s: kept", old.version, name, old.aliases)

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from avatar4d.checkpoint.io import CheckpointError, read_checkpoint_info
 from avatar4d.errors import UserError
+from avatar4d.generators import is_generator, load_generator_checkpoint
 from avatar4d.geometry.camera import Camera
 from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
-from avatar4d.generators import is_generator, load_generator_checkpoint
 from avatar4d.rendering.parametric import ParametricTriplane
 from avatar4d.rendering.renderer import RenderOutput
 
