@@ -59,12 +59,12 @@ def save_png(image: Tensor, path: str | Path, value_range: tuple[float, float] =
 def labelled_grid(images: Tensor, *, nrow: int, row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
                   value_range: tuple[float, float] = (0.0, 1.0), min_cell: int = 128, title: str = "") -> np.ndarray:
     """A contact sheet [H, W, 3] uint8 of images [N, C, H, W] with row labels on the left, column
-    labels on top and an optional title; cells smaller than ``min_cell`` px are enlarged (nearest),
-    so small renders stay judgeable."""
+    labels on top and an optional title; cells whose shorter side is under ``min_cell`` px are
+    enlarged (nearest, at most 16×), so small renders stay judgeable."""
     from PIL import Image, ImageDraw, ImageFont
 
-    n, _, height, _ = images.shape
-    scale = max(1, -(-min_cell // height))
+    n, _, height, width = images.shape
+    scale = max(1, min(16, -(-min_cell // min(height, width))))
     if scale > 1:
         images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     grid = to_uint8(make_grid(_unit_range(images, value_range), nrow=nrow, padding=4, pad_value=1.0))

@@ -164,11 +164,11 @@ class RunTracking:
         self.client.log_artifacts(self.run_id, str(checkpoint_dir), artifact_path="checkpoint")
         info = read_checkpoint_info(checkpoint_dir)
         example = input_example(info.component, info.config)
-        outputs = _predict_example(checkpoint_dir, example)
         mlflow.set_tracking_uri(self.train.tracking_uri)
         # MLflow suggests type hints on predict(); this model declares its signature instead
         with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            outputs = _predict_example(checkpoint_dir, example)
             model = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
                 artifacts={"checkpoint": str(checkpoint_dir)}, code_paths=[str(Path(avatar4d.__file__).parent)],

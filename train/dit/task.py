@@ -34,7 +34,7 @@ from avatar4d.data.schema import SchemaMismatchError
 from avatar4d.diffusion import IDDPMObjective, sample
 from avatar4d.models.dit import DiTConfig, ImageConditionedDiT, save_dit
 from avatar4d.models.vae import from_dit_tokens, load_vae, to_dit_tokens, unscale_latent
-from avatar4d.viz import make_grid, to_uint8
+from avatar4d.viz import labelled_grid
 from train.data import DatasetInfo, RankStream, check_size, decode_tensor_column, inspect_dataset
 from train.dit.recipes import DiTTrainConfig
 from train.task import StepOutput, TrainTask
@@ -46,6 +46,7 @@ NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
 TENSORS = ("latent", "clip_tokens", "dino_tokens")
 ENCODED_HINT = "make it with `avatar4d factory encode --data DIR --vae-checkpoint PATH`"
 PREVIEW_SEED = 1234
+PREVIEW_CELL = 128  # px: small latents and renders are enlarged to at least this
 
 
 def encoded_uri(data: str) -> str:
@@ -197,7 +198,10 @@ class DiTTask(TrainTask):
         metrics = {"preview_sample_mse": float((samples - latent).square().mean())}
         scale = latent[:, :3].abs().amax().clamp(min=1e-6)  # the true latents' range maps to [-1, 1]
         latents_rgb = (torch.cat([latent, samples])[:, :3] / scale).clamp(-1, 1)  # [2B, 3, H, W]
-        images = {"latents": to_uint8(make_grid(latents_rgb, nrow=latent.shape[0]), (-1.0, 1.0))}
+        domains = list(batch["domain"])
+        images = {"latents": labelled_grid(latents_rgb, nrow=latent.shape[0], row_labels=["true latent", "sampled"],
+                                           col_labels=domains, value_range=(-1.0, 1.0), min_cell=PREVIEW_CELL,
+                                           title=f"DiT step {step}: latent channels 0-2, planes stacked")}
         rendered = self._render(samples, latent, batch)
         if rendered is not None:
             images["renders"] = rendered
@@ -249,8 +253,9 @@ class DiTTask(TrainTask):
             renderer = renderers.get(sha, domain)
             images.append(renderer.render(renderer.planes(planes[index:index + 1], None), camera,
                                           self.config.preview_render_resolution).rgb)
-        grid = make_grid(torch.cat(images).clamp(-1, 1), nrow=latent.shape[0])
-        return to_uint8(grid, (-1.0, 1.0))
+        return labelled_grid(torch.cat(images).clamp(-1, 1), nrow=latent.shape[0],
+                             row_labels=["decoded true", "decoded sample"], col_labels=list(batch["domain"]),
+                             value_range=(-1.0, 1.0), min_cell=PREVIEW_CELL, title="renders of decoded latents")
 
     def save_model(self, model: nn.Module, directory: Path, *, step: int, metadata: dict[str, Any]) -> None:
         assert isinstance(model, ImageConditionedDiT)

@@ -22,7 +22,7 @@ from torch import nn
 from avatar4d.data.schema import META_FACE_PARAMS_DIMS, SchemaMismatchError, dataset_uri
 from avatar4d.geometry.camera import orbit_camera
 from avatar4d.models.vae import TriplaneVAE, save_vae, stacked_to_vae_layout, vae_layout_to_stacked
-from avatar4d.viz import make_grid, to_uint8
+from avatar4d.viz import labelled_grid
 from train.data import DatasetInfo, RankStream, check_size, inspect_dataset
 from train.task import StepOutput, TrainTask
 from train.vae.losses import VAELoss
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PAIRS_HINT = "make one with `avatar4d factory run --out DIR`"
 PREVIEW_YAWS = (0.0, 0.5)
+PREVIEW_CELL = 128  # px: renders are enlarged to at least this, so grids can be judged
 
 
 def generator_roots(config: VAETrainConfig) -> list[str]:
@@ -177,8 +178,11 @@ class VAETask(TrainTask):
                     rendered = renderer.render(renderer.planes(source[index:index + 1], mesh), camera, resolution)
                     images.append(rendered.rgb)
                 rows.append(torch.cat(images))
-        grid = make_grid(torch.cat(rows).clamp(-1, 1), nrow=len(batch["domain"]))
-        return {"reconstruction": to_uint8(grid, (-1.0, 1.0))}, metrics
+        labels = [f"{what} yaw {yaw:+.1f}" for yaw in PREVIEW_YAWS for what in ("input", "reconstruction")]
+        sheet = labelled_grid(torch.cat(rows).clamp(-1, 1), nrow=len(batch["domain"]), row_labels=labels,
+                              col_labels=list(batch["domain"]), value_range=(-1.0, 1.0), min_cell=PREVIEW_CELL,
+                              title=f"VAE step {step}: renders of input and EMA reconstruction (posterior mode)")
+        return {"reconstruction": sheet}, metrics
 
     def save_model(self, model: nn.Module, directory: Path, *, step: int, metadata: dict[str, Any]) -> None:
         assert isinstance(model, TriplaneVAE)
