@@ -76,6 +76,7 @@ class LocalRayCluster:
     cpus_per_node: int = 1
     start_timeout_s: float = 60.0
     object_store_bytes: int = 128 * 1024**2
+    fast_failure_detection: bool = False  # the GCS declares a silent node dead after ~3 s (Ray: ~15-30 s)
     temp_dir: Path | None = None
     nodes: list[RayNodeProcess] = field(default_factory=list)
     address: str = ""
@@ -144,6 +145,9 @@ class LocalRayCluster:
                "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         env.pop("RAY_ADDRESS", None)
         env.pop("RAY_AUTH_TOKEN", None)
+        if self.fast_failure_detection:
+            env.update({"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                        "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"})
         return env
 
     def _head_address(self, port: int) -> str:
@@ -200,6 +204,16 @@ class LocalRayCluster:
                 continue
         found.discard(os.getpid())
         return found
+
+    def remove_node(self, role: str) -> None:
+        """Kill one worker node abruptly (SIGKILL to its process group, as when a machine is lost);
+        the cluster keeps running without it."""
+        node = next((n for n in self.nodes if n.role == role), None)
+        if node is None or role == "head":
+            raise ValueError(f"no worker node {role!r}; worker nodes: {[n.role for n in self.nodes[1:]]}")
+        _signal_group(node.pgid, signal.SIGKILL)
+        node.process.wait(timeout=30)
+        self.nodes.remove(node)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the nodes this object started (worker nodes first): SIGTERM to their process groups,

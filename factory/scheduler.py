@@ -9,11 +9,11 @@ a domain for the factory, the single key ``encoded`` for the encode stage). Poli
   ``ping`` succeeds. Pings back off exponentially (``backoff_s`` doubling up to ``max_backoff_s``)
   while Ray restarts the actor (``max_restarts=-1``); its chunks go back to the front of their
   key's queue, to be taken by another healthy actor of the key or by this one once it is back;
-- attempts are counted per chunk, and only against that chunk's own failures: the chunk the
-  actor was running when it died (the earliest one submitted to it; the others were only queued
-  behind it), or an I/O error raised by the chunk's task. Chunks refused because the actor was
-  restarting (``ActorUnavailableError``, or any failure of an actor already marked down) are
-  re-queued without counting. A chunk fails the run after ``max_attempts`` failures of its own;
+- attempts are counted per chunk, and only against that chunk's own failures: one death of an
+  actor counts one attempt against the chunk it was running (the earliest one submitted to it;
+  the others were only queued behind it and are re-queued without counting), and an I/O error
+  raised by the chunk's task counts one. Nothing is sent to an actor while it restarts, so its
+  restart window costs no attempts. A chunk fails the run after ``max_attempts`` failures of its own;
   an actor that stays down for ``restart_timeout_s`` fails it too (say which resources are free);
 - a task that raised anything else (a bug, a bad checkpoint) fails the run at once: retrying a
   deterministic failure only wastes the cluster.
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,8 @@ class ChunkScheduler(Generic[C]):
             if is_permanent_failure(error):
                 raise FactoryError(f"worker {slot.name} cannot start: {last_line(error)}")
             if slot.healthy:  # the first failure seen of a live actor: the chunk it was running
-                counted = not isinstance(error, ActorUnavailableError)
                 self._mark_down(slot, chunk, error)
-                if counted:
-                    self._count(chunk, error)
+                self._count(chunk, error)
             self._requeue(slot.domain, chunk)
 
     def _requeue(self, key: str, chunk: C) -> None:
