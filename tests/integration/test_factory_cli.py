@@ -1,4 +1,4 @@
-"""`avatar4d factory …` user mistakes give one-line errors (exit 2) before any Ray starts; `--help`
+"""`avatar4d factory …` user mistakes give one-line errors (exit 1) before any Ray starts; `--help`
 documents every option; `factory domains` lists the catalog."""
 
 from __future__ import annotations
@@ -11,10 +11,34 @@ pytestmark = pytest.mark.integration
 
 
 def _error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
+    assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("avatar4d: error: ") and "\n" not in err and "Traceback" not in err
     return err
+
+
+def test_binary_files_huge_sizes_and_unreachable_clusters_are_one_line(capsys, tmp_path):
+    import time
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "d"
+    assert "not a UTF-8 text file" in _error(capsys, ["factory", "run", "--out", str(out), "--config", str(binary)])
+    assert "not a UTF-8 text file" in _error(capsys, ["factory", "run", "--out", str(out), "--domains-file",
+                                                      str(binary)])
+    assert "not a UTF-8 text file" in _error(capsys, ["factory", "domains", "--domains-file", str(binary)])
+    begin = time.perf_counter()
+    assert "limit of 100,000,000" in _error(capsys, ["factory", "run", "--out", str(out), "--samples-per-domain",
+                                                     "1000000000000"])
+    assert time.perf_counter() - begin < 5  # refused before anything is planned or started
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert "cannot reach a Ray cluster" in _error(capsys, ["factory", "run", "--out", str(out), "--address",
+                                                           f"127.0.0.1:{port}"])
+    assert not out.exists()  # a failed --address run leaves no .factory/run.lock behind
 
 
 def test_unknown_domain_is_one_line_with_suggestions(capsys, tmp_path):
@@ -28,6 +52,7 @@ def test_bad_paths_are_one_line_errors(capsys, tmp_path):
     assert "is not a folder" in _error(capsys, ["factory", "run", "--out", str(a_file)])
     assert "no such folder" in _error(capsys, ["factory", "status", str(tmp_path / "missing")])
     assert "holds no factory dataset" in _error(capsys, ["factory", "status", str(tmp_path)])
+    assert "holds no factory dataset" in _error(capsys, ["factory", "verify", str(tmp_path)])
     assert "PNG" in _error(capsys, ["factory", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.jpg")])
     assert "domain file not found" in _error(capsys, ["factory", "domains", "--domains-file", str(tmp_path / "x.yaml")])
     assert "must be >= 0" in _error(capsys, ["factory", "run", "--out", str(tmp_path / "d"),
