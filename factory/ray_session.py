@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from avatar4d.errors import UserError
-from factory.scheduler import last_line
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +55,19 @@ def _token_available() -> bool:
     return Path(path).expanduser().is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
 
 
+def _reason(error: BaseException) -> str:
+    """The message line of a start-up error: not a traceback line, no source paths."""
+    from factory.sink import clean_error
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(("File ", "Traceback", "^")) and "site-packages" not in line]
+    return clean_error(kept[0] if kept else type(error).__name__).rstrip(" ,;:")
+
+
 def init_failure(error: BaseException, address: str | None, native_output: str = "") -> UserError:
     """The one-line error (with the fix) for an exception of ``ray.init``; ``native_output`` is
     what Ray's C++ core printed meanwhile (its auth failures show only there)."""
-    from factory.sink import clean_error
-
-    text = clean_error(last_line(error))
+    text = _reason(error)
     lowered = f"{error} {native_output}".lower()
     if address is None:
         hint = ("the machine may be overloaded or short of memory: retry, give fewer CPUs (--num-cpus), or run on a "

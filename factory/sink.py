@@ -62,7 +62,8 @@ BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 BLOB_EXTENSION_NAME = "lance.blob.v2"
 DEFAULT_TARGET_FRAGMENT_BYTES = 1 << 30  # compaction target: ~1 GiB per fragment
 DEFAULT_KEEP_VERSIONS_DAYS = 7.0  # old versions kept for readers pinned to them
-_SOURCE_PATH = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.rs:\d+(?::\d+)?")
+_SOURCE_PATH = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.(?:rs|cc|h):\d+(?::\d+)?"
+                          r'|,?\s*(?:File )?"(?:/|[A-Za-z]:\\)[^"]*\.py", line \d+')
 _LIBRARY_PREFIX = re.compile(r"^(?:External error: |LanceError\(\w+\): )+")
 
 

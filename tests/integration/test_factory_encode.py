@@ -179,3 +179,11 @@ def test_cli_handler_encodes_locally(factory_data, tmp_path, capsys):
     assert "4 chunks committed (0 already done), 16 encoded rows" in capsys.readouterr().out
     batch = next(iter(EncodedShardReader(encoded_uri(str(data)), batch_size=4, columns=["latent", "latent_std"])))
     assert batch["latent_std"].shape == batch["latent"].shape and (batch["latent_std"] > 0).all()
+    from factory.inspect import format_status, status
+
+    report = status(data)  # `factory status` covers encoded.lance (it used to list pairs and multiview only)
+    encoded = report["tables"]["encoded"]
+    assert encoded["rows"] == 16 and encoded["rows_by_domain"] == {"greek_statue": 8, "pixar": 8}
+    assert encoded["committed_chunks"] == 4 and len(encoded["encoding"]["avatar4d.vae_sha256"]) == 64
+    text = format_status(report)
+    assert "encoded: 16 rows" in text and "vae_sha256" in text
