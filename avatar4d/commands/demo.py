@@ -1,15 +1,17 @@
-"""``avatar4d demo``: the embedded-default smoke run.
+"""``avatar4d demo``: pictures of what the embedded default makes.
 
-Writes two contact sheets (rows: identity × expression, columns: camera poses):
+Writes labelled contact sheets (rows: identity × expression, columns: cameras at yaw −45°…+45°):
 ``procedural_heads.png``, the shipped procedural head shaded by the rasterizer, and
-``generated_heads.png``, the Next3D++ generator (the randomly initialised ``tiny`` preset by
-default, or any generator checkpoint) driven by the same meshes. Needs no downloads.
+``world_<domain>.png``, the procedural 4D world of each domain (:mod:`avatar4d.world`), or
+``generated_heads.png`` for ``--generator CKPT`` (a GAN or a world checkpoint), driven by the
+same expression meshes. Needs no downloads.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -27,22 +29,29 @@ DEMO_EXPRESSIONS = {
 }
 
 
+DEMO_DOMAINS = ("realistic", "pixar", "greek_statue")
+DEMO_YAWS_DEGREES = (-45.0, -22.5, 0.0, 22.5, 45.0)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="render procedural and generated heads to PNG (the embedded-default smoke run)",
-        description="Render the shipped procedural head and the Next3D++ generator for several identities, "
-                    "expressions (neutral, jaw open, smile, blink, brow raise) and camera poses, and write two "
-                    "contact sheets. Runs on a CPU in seconds with the tiny preset; pass --generator to use a "
-                    "trained or converted generator checkpoint.",
+        "demo", help="render heads of the procedural 4D world (or a generator checkpoint) to labelled PNG sheets",
+        description="Render contact sheets (rows: identity × expression — neutral, jaw open, smile, blink, brow "
+                    "raise; columns: cameras from yaw -45° to +45°): the shipped procedural head shaded by the "
+                    "rasterizer, and for each --domains entry the procedural 4D world in that domain's look (the "
+                    "embedded default's stand-in for the per-domain GANs). --generator renders a generator "
+                    "checkpoint instead (a trained or converted GAN, or a world). CPU, no downloads, seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    parser.add_argument("--identities", type=int, default=3, help="number of random identities")
-    parser.add_argument("--cameras", type=int, default=4, help="camera poses per row")
-    parser.add_argument("--resolution", type=int, default=128, help="size of the procedural-head renders")
-    parser.add_argument("--generator", type=Path, default=None,
-                        help="generator checkpoint folder (default: the randomly initialised tiny preset)")
+    parser.add_argument("--identities", type=int, default=2, help="identities per sheet")
+    parser.add_argument("--domains", default=",".join(DEMO_DOMAINS), help="comma-separated domains of world sheets")
+    parser.add_argument("--world-preset", default="tiny", help="size preset of the world's planes (tiny, small, "
+                                                                "paper); sheets render at 64² or more either way")
+    parser.add_argument("--resolution", type=int, default=128, help="size of each rendered image")
+    parser.add_argument("--generator", type=Path, help="a generator checkpoint folder (GAN or world) to render "
+                                                       "instead of the domains' worlds")
     parser.add_argument("--truncation", type=float, default=0.7, help="truncation psi of the generator")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (identities and cameras)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (identities)")
     parser.add_argument("--backend", default="auto", help="rasterizer backend: auto, torch or nvdiffrast")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.set_defaults(handler=run)
@@ -51,28 +60,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from avatar4d.errors import UserError
 
-    for name in ("identities", "cameras", "resolution"):
+    for name in ("identities", "resolution"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.resolution > 2048:
         raise UserError(f"--resolution {args.resolution} is too large for a preview (max 2048)")
+    if not 0 <= args.truncation <= 1:
+        raise UserError(f"--truncation must be in [0, 1], got {args.truncation}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device is available")
+    if args.generator is not None and not args.generator.is_dir():
+        raise UserError(f"--generator {args.generator}: no such checkpoint folder")
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    if args.generator is None and not domains:
+        raise UserError("--domains is empty: name at least one domain")
+    from avatar4d.world import WORLD_PRESETS
+
+    WORLD_PRESETS.get(args.world_preset)  # unknown preset → one-line error before rendering
     start = time.perf_counter()
     sheet = render_procedural_grid(args.out / "procedural_heads.png", identities=args.identities,
-                                   cameras=args.cameras, resolution=args.resolution, seed=args.seed,
+                                   resolution=args.resolution, seed=args.seed,
                                    backend=args.backend, device=args.device)
     print(f"wrote {sheet}")
-    sheet = render_generated_grid(args.out / "generated_heads.png", identities=args.identities, cameras=args.cameras,
-                                  seed=args.seed, checkpoint=args.generator, truncation_psi=args.truncation,
-                                  device=args.device)
-    print(f"wrote {sheet} ({time.perf_counter() - start:.1f}s in all)")
+    if args.generator is not None:
+        sheets = [render_generated_grid(args.out / "generated_heads.png", generator=load_sheet_generator(
+            args.generator, args.device), identities=args.identities, seed=args.seed, resolution=args.resolution,
+            truncation_psi=args.truncation, title=str(args.generator), device=args.device)]
+    else:
+        sheets = [render_generated_grid(args.out / f"world_{domain}.png", generator=world_generator(
+            domain, args.world_preset, args.device, args.resolution), identities=args.identities, seed=args.seed,
+            resolution=args.resolution, truncation_psi=args.truncation, title=f"procedural world: {domain}",
+            device=args.device) for domain in domains]
+    for sheet in sheets:
+        print(f"wrote {sheet}")
+    print(f"done in {time.perf_counter() - start:.1f}s")
     return 0
 
 
-def _demo_setup(head, identities: int, cameras: int, seed: int, device: str):
-    """Identity coefficients, per-expression FaceParams and cameras shared by both sheets."""
-    from avatar4d.geometry.camera import PoseSampler, PoseSamplerConfig
+def world_generator(domain: str, preset: str, device: str, resolution: int = 128):
+    """The world of ``domain`` at ``preset``'s plane size, rendered at ≥ 64² and upsampled to ``resolution``."""
+    from avatar4d.geometry.morphable import default_head_model
+    from avatar4d.world import WORLD_PRESETS, ProceduralWorldGenerator, style_for_domain
+
+    config = WORLD_PRESETS.get(preset, style=style_for_domain(domain))
+    neural = min(max(config.neural_resolution, 64), resolution)
+    config = config.replace(neural_resolution=neural, image_resolution=max(resolution, neural))
+    return ProceduralWorldGenerator(config, default_head_model()).to(device).eval()
+
+
+def load_sheet_generator(checkpoint: Path, device: str):
+    from avatar4d.generators import load_generator_checkpoint
+    from avatar4d.geometry.morphable import default_head_model
+
+    generator, _ = load_generator_checkpoint(checkpoint, head=default_head_model(), device=device)
+    return generator.eval()
+
+
+def _demo_setup(head, identities: int, seed: int, device: str):
+    """Identity coefficients, per-expression FaceParams and the sheet's cameras (yaw −45°…+45°)."""
+    from avatar4d.geometry.camera import orbit_camera
 
     gen = torch.Generator().manual_seed(seed)
     identity = 1.5 * torch.randn(identities, head.identity_dim, generator=gen)
@@ -83,19 +129,19 @@ def _demo_setup(head, identities: int, cameras: int, seed: int, device: str):
             for name, weight in weights.items():
                 expression[0, head.expression_names.index(name)] = weight
             expressions.append((label, expression))
-    sampler = PoseSampler(PoseSamplerConfig(yaw_range=(-0.6, 0.6), pitch_range=(-0.2, 0.3), roll_range=(0.0, 0.0)))
-    camera = sampler.sample(cameras, seed=seed).camera.to(device)
+    yaws = torch.tensor(DEMO_YAWS_DEGREES) * math.pi / 180
+    camera = orbit_camera(yaws, torch.zeros_like(yaws), torch.zeros_like(yaws)).to(device)
     return identity, expressions, camera, gen
 
 
 def _mesh(head, identity_row: torch.Tensor, expression: torch.Tensor, copies: int, device: str) -> torch.Tensor:
     params = head.neutral_params(1)
-    params.identity = identity_row[None]
-    params.expression = expression
+    params.identity = identity_row[None].to(params.identity)
+    params.expression = expression.to(params.expression)
     return head.vertices(params.to(device)).expand(copies, -1, -1)  # [copies, V, 3]
 
 
-def render_procedural_grid(path: Path, *, identities: int, cameras: int, resolution: int, seed: int,
+def render_procedural_grid(path: Path, *, identities: int, resolution: int, seed: int,
                            backend: str = "auto", device: str = "cpu") -> Path:
     """Shaded renders of the procedural head (a faint UV checkerboard shows the UV layout)."""
     from tqdm import tqdm
@@ -103,52 +149,73 @@ def render_procedural_grid(path: Path, *, identities: int, cameras: int, resolut
     from avatar4d.geometry.mesh import vertex_normals
     from avatar4d.geometry.morphable import default_head_model
     from avatar4d.geometry.raster import get_rasterizer, perspective_clip
-    from avatar4d.viz import lambert_shade, make_grid, save_png
+    from avatar4d.viz import labelled_grid, lambert_shade
 
     head = default_head_model().to(device)
     rasterizer = get_rasterizer(backend, device=device)
-    identity, expressions, camera, _ = _demo_setup(head, identities, cameras, seed, device)
-    rows = []
+    identity, expressions, camera, _ = _demo_setup(head, identities, seed, device)
+    cameras = camera.batch_size
+    rows, labels = [], []
     for index in tqdm(range(identities), desc="procedural heads", unit="id"):
-        for _, expression in expressions:
+        for label, expression in expressions:
             verts = _mesh(head, identity[index], expression, cameras, device)
             raster = rasterizer.rasterize(perspective_clip(verts, camera), head.faces, (resolution, resolution))
             normals = torch.nn.functional.normalize(
                 rasterizer.interpolate(vertex_normals(verts, head.faces), raster, head.faces), dim=-1)
             albedo = _uv_checker(rasterizer.interpolate(head.uv_coords.to(device), raster, head.uv_faces))
             rows.append(lambert_shade(normals, raster.mask, albedo, -camera.forward))
-    return save_png(make_grid(torch.cat(rows).cpu(), nrow=cameras), path)
+            labels.append(f"id {index} {label}")
+    sheet = labelled_grid(torch.cat(rows).cpu(), nrow=cameras, row_labels=labels,
+                          col_labels=[f"yaw {yaw:+.1f}°" for yaw in DEMO_YAWS_DEGREES],
+                          title="procedural head model (mesh, UV checkerboard)")
+    return _save_sheet(sheet, path)
 
 
 @torch.inference_mode()
-def render_generated_grid(path: Path, *, identities: int, cameras: int, seed: int, checkpoint: Path | None = None,
-                          truncation_psi: float = 0.7, device: str = "cpu") -> Path:
-    """Images of the Next3D++ generator driven by the procedural head's expression meshes."""
+def render_generated_grid(path: Path, *, generator, identities: int, seed: int, resolution: int,
+                          truncation_psi: float = 0.7, title: str = "", device: str = "cpu") -> Path:
+    """A generator (GAN or world) driven by the procedural head's expression meshes, labelled.
+
+    A world fixes each identity's mesh from its latent; a GAN gets the sheet's random identities."""
     from tqdm import tqdm
 
-    from avatar4d.geometry.morphable import default_head_model
-    from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator
-    from avatar4d.models.next3d.checkpoint import load_generator
-    from avatar4d.viz import make_grid, save_png
+    from avatar4d.viz import labelled_grid
 
-    head = default_head_model().to(device)
-    if checkpoint is None:
-        torch.manual_seed(seed)
-        generator = Next3DGenerator(GENERATOR_PRESETS.get("tiny"), head=head).to(device).eval()
-    else:
-        generator, _ = load_generator(checkpoint, head=head, device=device)
-        generator.eval()
-    identity, expressions, camera, gen = _demo_setup(head, identities, cameras, seed, device)
-    z = torch.randn(identities, generator.config.backbone.z_dim, generator=gen).to(device)
-    rows = []
-    for index in tqdm(range(identities), desc="generated heads", unit="id"):
+    head = generator.head if hasattr(generator, "head") else _default_head(device)
+    identity, expressions, camera, gen = _demo_setup(head, identities, seed, device)
+    z = torch.randn(identities, generator.z_dim, generator=gen).to(device)
+    latent_identity = generator.identity_for_latent(z, truncation_psi)
+    cameras = camera.batch_size
+    rows, labels = [], []
+    for index in tqdm(range(identities), desc=f"rendering {path.name}", unit="identity"):
         ws = generator.mapping(z[index:index + 1].expand(cameras, -1), camera, truncation_psi=truncation_psi,
                                truncation_cutoff=generator.config.truncation_cutoff)
-        for _, expression in expressions:
-            verts = _mesh(head, identity[index], expression, cameras, device)
-            out = generator.synthesis(ws, camera, verts, generator=torch.Generator(device).manual_seed(seed))
-            rows.append(out.image.clamp(-1, 1) * 0.5 + 0.5)
-    return save_png(make_grid(torch.cat(rows).cpu(), nrow=cameras), path)
+        who = identity[index] if latent_identity is None else latent_identity[index]
+        for label, expression in expressions:
+            verts = _mesh(head, who, expression, cameras, device)
+            out = generator.synthesis(ws, camera, verts, neural_resolution=None,
+                                      generator=torch.Generator(device).manual_seed(seed))
+            image = out.image.clamp(-1, 1) * 0.5 + 0.5
+            rows.append(torch.nn.functional.interpolate(image, size=(resolution, resolution), mode="bilinear",
+                                                        antialias=True, align_corners=False))
+            labels.append(f"id {index} {label}")
+    sheet = labelled_grid(torch.cat(rows).cpu(), nrow=cameras, row_labels=labels,
+                          col_labels=[f"yaw {yaw:+.1f}°" for yaw in DEMO_YAWS_DEGREES], title=title)
+    return _save_sheet(sheet, path)
+
+
+def _default_head(device: str):
+    from avatar4d.geometry.morphable import default_head_model
+
+    return default_head_model().to(device)
+
+
+def _save_sheet(sheet, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    return path
 
 
 def _uv_checker(uv: torch.Tensor, cells: int = 16) -> torch.Tensor:
