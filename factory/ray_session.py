@@ -98,6 +98,13 @@ def _auth_error_types() -> tuple[type[BaseException], ...]:
     return (AuthenticationError,)
 
 
+def _quiet_local_auth_notice() -> None:
+    """Ray warns on every local start that it enabled token authentication for it: a note for
+    ``-v`` (INFO) users, not a warning for a cluster that lives and dies with this command."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 class _NativeOutput:
     """Holds what was written to file descriptor 2 inside :func:`_capture_native_stderr`."""
 
@@ -142,6 +149,7 @@ def ray_session(address: str | None, num_cpus: int, state: Path) -> Iterator[str
             # Ray forks only to exec its processes: safe after this process used Lance
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
             if address is None:  # (no capture: the Ray processes started here inherit fd 2)
+                _quiet_local_auth_notice()
                 context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                                    log_to_driver=False, logging_level=logging.WARNING)
             else:
