@@ -48,7 +48,10 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"no pyfunc for {self.component!r} checkpoints")
         self.model = model_class.from_pretrained(path).eval()
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
+    # `np.ndarray` is one of the hints MLflow takes without inferring a schema from it (the logged
+    # signature is the schema); the input may also be a dict of arrays
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+                ) -> dict[str, np.ndarray]:
         import torch
 
         inputs = {k: torch.from_numpy(v) for k, v in _arrays(model_input).items()}

@@ -121,6 +121,10 @@ def test_status_and_preview_describe_the_run(finished_run, tmp_path: Path):
     assert width >= 5 * 160 and height >= 8 * 160
     label_strip = pixels[: 40]  # the title and column labels: dark text on white
     assert (label_strip < 128).sum() > 200
+    views, _ = read_table(out, "multiview", ["views", "set"])
+    dynamic = next(row["views"] for row in views.to_pylist() if row["set"] == "dynamic")
+    images = [decode_png(view["image"]).float() for view in dynamic]
+    assert min((a - b).abs().mean() for i, a in enumerate(images) for b in images[i + 1:]) > 0  # no identical tiles
     card = (out / "DATASET_CARD.md").read_text()
     assert "pixar" in card and "triplane" in card and "git" in card.lower() and "pylance" in card
 

@@ -4,8 +4,12 @@ conftest checks that no Ray process outlives a test).
 
 - the tiny VAE and the tiny DiT overfit four pairs (loss thresholds), and their MLflow runs hold
   params, metrics, sample grids and a registered model;
-- re-running a DiT run with the same name and more steps continues its step count;
-- a worker killed mid-run (fault injection) makes Ray restart the group from the last checkpoint.
+- re-running a DiT run with the same name and more steps continues its step count, records the
+  extension in MLflow and keeps one registered version for the run;
+- a worker killed mid-run (fault injection) makes Ray restart the group from the last checkpoint,
+  the replayed steps compute what an uninterrupted run computes, and MLflow holds each step once;
+- a run that fails before its first checkpoint ends FAILED in MLflow and starts again without
+  ``--resume``.
 """
 
 from __future__ import annotations
@@ -43,9 +47,14 @@ def run(config, **kwargs):
 def mlflow_state(config):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(config.train.resolved_tracking_uri())
+    from train.runner import prepare_config
+
+    config = prepare_config(config)
+    client = MlflowClient(config.train.tracking_uri)
+    from train.tracking import RUN_TAG, run_key
+
     experiment = client.get_experiment_by_name(config.train.experiment)
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_key(config.train)}'")
     assert len(runs) == 1, "one MLflow run per training run, whatever the attempts"
     return client, runs[0]
 
@@ -61,9 +70,10 @@ def assert_tracked(config, client, mlflow_run, metric_keys: set[str], image_key:
     images = [a.path for a in client.list_artifacts(mlflow_run.info.run_id, "images")]
     assert any(Path(p).name.startswith(f"{image_key}+step+") and p.endswith(".png") for p in images), images
     checkpoint = {Path(a.path).name for a in client.list_artifacts(mlflow_run.info.run_id, "checkpoint")}
-    assert checkpoint == {"model.safetensors", "checkpoint.json"}
+    assert checkpoint == {"model.safetensors", "checkpoint.json", "config.json"}
     found = client.search_model_versions(f"name='{config.train.registered_model}'")
     assert len(found) == versions and {v.run_id for v in found} == {mlflow_run.info.run_id}
+    assert mlflow_run.info.status == "FINISHED"
 
 
 def test_vae_two_workers_overfit_and_are_tracked(data, tmp_path):
@@ -117,21 +127,29 @@ def test_dit_two_workers_overfit_are_tracked_and_resume_by_name(data, tmp_path, 
     assert [(s["first_step"], s["restored_from"]) for s in starts] == [(1, None), (41, 40)]
     client, mlflow_run = mlflow_state(longer)
     assert sorted(losses(client, mlflow_run.info.run_id)) == list(range(5, 51, 5))
-    assert len(client.search_model_versions(f"name='{config.train.registered_model}'")) == 2
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) == 10  # each step once
+    assert mlflow_run.data.params["train.steps"] == "40" and mlflow_run.data.tags["avatar4d.steps"] == "50"
+    assert mlflow_run.data.params["extension.1.train.steps"] == "50"
+    versions = client.search_model_versions(f"name='{config.train.registered_model}'")
+    assert len(versions) == 1 and versions[0].tags["avatar4d.step"] == "50"  # one version per run
     model, info = load_dit(Path(result.run_dir) / "final")
     assert info.step == 50 and model.config.input_size == (32, 8)
 
 
-def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(data, tmp_path, monkeypatch):
+def test_a_killed_worker_restarts_the_group_and_the_replay_is_the_same_computation(data, tmp_path, monkeypatch):
     from train.dit.recipes import tiny
+    from train.runner import TrainingError
+
+    def dit(storage: str, **extra):
+        return apply_overrides(tiny(), {
+            "data": str(data), "train.storage_path": str(tmp_path / storage), "train.steps": 24,
+            "train.micro_batch_size": 2, "train.checkpoint_every": 10, "train.log_every": 2,
+            "train.max_failures": 1, **extra}).with_defaults("tiny")
 
     fault = tmp_path / "fault.json"
     fault.write_text(json.dumps({"step": 13, "rank": 1}))
     monkeypatch.setenv(FAULT_ENV, str(fault))  # the local Ray's workers inherit it
-    config = apply_overrides(tiny(), {
-        "data": str(data), "train.storage_path": str(tmp_path / "runs"), "train.steps": 24,
-        "train.micro_batch_size": 2, "train.checkpoint_every": 10, "train.log_every": 2,
-        "train.max_failures": 1}).with_defaults("tiny")
+    config = dit("runs")
     result = run(config)
     assert not fault.exists() and fault.with_name("fault.json.fired").is_file(), "the fault did not fire"
     assert result.final_step == 24
@@ -141,3 +159,22 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(data, tmp_p
     assert checkpoints_before == [10]
     assert [(s["first_step"], s["restored_from"]) for s in starts] == [(1, None), (11, 10)]
     assert [e["step"] for e in events if e["event"] == "end"] == [24]
+    client, mlflow_run = mlflow_state(config)
+    restarted = losses(client, mlflow_run.info.run_id)
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) == len(restarted) == 12  # steps 2..24 once
+
+    # a run that fails before its first checkpoint: FAILED in MLflow, and the same config starts again
+    fault.write_text(json.dumps({"step": 3, "rank": 0}))
+    failing = dit("reference", **{"train.max_failures": 0})
+    with pytest.raises(TrainingError):
+        run(failing)
+    client, failed_run = mlflow_state(failing)
+    assert failed_run.info.status == "FAILED"
+    assert not (failing.train.run_dir() / "run.json").exists()
+    reference = run(failing)  # no resume needed; it is also the uninterrupted reference
+    client, finished = mlflow_state(failing)
+    assert finished.info.status == "FINISHED" and finished.info.run_id != failed_run.info.run_id
+    uninterrupted = losses(client, finished.info.run_id)
+    assert reference.final_step == 24 and sorted(uninterrupted) == sorted(restarted)
+    for step in restarted:  # the steps replayed after the restart (12, 14 ...) were the same computation
+        assert restarted[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
