@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device is available")
     if args.generator is not None and not args.generator.is_dir():
-        raise UserError(f"--generator {args.generator}: no such checkpoint folder")
+        raise UserError(f"--generator {args.generator}: checkpoint folder not found")
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     if args.generator is None and not domains:
         raise UserError("--domains is empty: name at least one domain")

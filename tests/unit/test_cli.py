@@ -42,36 +42,35 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_demo_writes_procedural_and_generated_grids(tmp_path):
+def test_demo_writes_labelled_world_and_procedural_sheets(tmp_path):
+    import numpy as np
     from PIL import Image
 
-    from avatar4d.commands.demo import DEMO_EXPRESSIONS
+    from avatar4d.commands.demo import DEMO_EXPRESSIONS, DEMO_YAWS_DEGREES
 
-    args = ["demo", "--out", str(tmp_path), "--identities", "2", "--cameras", "3", "--resolution", "48"]
+    args = ["demo", "--out", str(tmp_path), "--identities", "1", "--domains", "pixar,lego", "--resolution", "48"]
     assert main(args) == 0
-    rows = 2 * len(DEMO_EXPRESSIONS)  # identities × expressions; columns = cameras; 2 px padding
-    procedural = Image.open(tmp_path / "procedural_heads.png").convert("RGB")
-    assert procedural.size == (3 * 50 + 2, rows * 50 + 2)
-    assert len(procedural.getcolors(maxcolors=1 << 20)) > 50  # shaded, not blank
-    generated = Image.open(tmp_path / "generated_heads.png").convert("RGB")
-    assert generated.size == (3 * 66 + 2, rows * 66 + 2)  # tiny generator: 64 px images
-    assert len(generated.getcolors(maxcolors=1 << 20)) > 500
-    first = tmp_path / "first.png"
-    first.write_bytes((tmp_path / "generated_heads.png").read_bytes())
-    assert main(args) == 0  # seeded: the same images again
-    assert (tmp_path / "generated_heads.png").read_bytes() == first.read_bytes()
+    rows, columns = len(DEMO_EXPRESSIONS), len(DEMO_YAWS_DEGREES)
+    for name in ("procedural_heads.png", "world_pixar.png", "world_lego.png"):
+        sheet = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        # cells are enlarged to >= 128 px (3 × 48) with labels on the left and on top
+        assert sheet.shape[0] > rows * 144 and sheet.shape[1] > columns * 144, (name, sheet.shape)
+        assert len(np.unique(sheet.reshape(-1, 3), axis=0)) > 300, f"{name} shows shaded heads, not a blank"
+    pixar, lego = (np.asarray(Image.open(tmp_path / f"world_{d}.png").convert("RGB")).astype(float) for d in ("pixar", "lego"))
+    assert np.abs(pixar - lego).mean() > 5, "domains have their own look"
+    first = (tmp_path / "world_pixar.png").read_bytes()
+    assert main(args) == 0  # deterministic: the same sheet again
+    assert (tmp_path / "world_pixar.png").read_bytes() == first
 
 
-def test_demo_loads_a_generator_checkpoint(tmp_path):
-    import torch
+@pytest.mark.parametrize("kind", ["gan", "world"])
+def test_demo_loads_a_generator_checkpoint_of_either_kind(tmp_path, kind):
+    from factory.domains import load_domains
+    from factory.generators import ensure_domain_generator
 
-    from avatar4d.models.next3d import GENERATOR_PRESETS, Next3DGenerator
-    from avatar4d.models.next3d.checkpoint import save_generator
-
-    torch.manual_seed(3)
-    save_generator(tmp_path / "g", Next3DGenerator(GENERATOR_PRESETS.get("tiny")))
-    assert main(["demo", "--out", str(tmp_path / "o"), "--identities", "1", "--cameras", "1",
-                 "--resolution", "32", "--generator", str(tmp_path / "g")]) == 0
+    checkpoint = ensure_domain_generator(load_domains().get("pixar"), tmp_path / "cache", "tiny", kind)
+    assert main(["demo", "--out", str(tmp_path / "o"), "--identities", "1", "--resolution", "32",
+                 "--generator", str(checkpoint)]) == 0
     assert (tmp_path / "o" / "generated_heads.png").is_file()
     result = run_cli("demo", "--out", str(tmp_path / "o2"), "--generator", str(tmp_path / "missing"))
     assert result.returncode == 1 and "checkpoint folder not found" in result.stderr
