@@ -1,7 +1,8 @@
 """Small real datasets for trainer tests, benchmarks and demos (CPU, seconds).
 
-:func:`make_pairs` runs the factory's own synthesize stage with the tiny per-domain GANs (the
-generator checkpoints land in ``<data>/generators/tiny/<domain>`` as ``factory run`` puts them) and
+:func:`make_pairs` runs the factory's own synthesize stage with tiny per-domain generators (random
+GANs or the procedural world; the checkpoints land in ``<data>/generators/tiny/<domain>`` or
+``<data>/generators/world-tiny/<domain>`` as ``factory run`` puts them) and
 commits the rows with the exactly-once sink, without starting Ray. :func:`make_encoded` runs the
 factory's encode stage in-process (tiny random CLIP/DINO encoders; latents of a given or a seeded
 random tiny VAE) into ``encoded.lance``, the table :mod:`train.dit.task` reads.
@@ -22,8 +23,10 @@ TINY_DOMAINS = ("pixar", "greek_statue")
 
 
 def make_pairs(data: str | Path, *, domains: tuple[str, ...] = TINY_DOMAINS, per_domain: int = 8,
-               run_seed: int = 0) -> str:
-    """``<data>/pairs.lance`` with ``per_domain`` tiny-GAN pairs per domain; returns its URI."""
+               run_seed: int = 0, kind: str = "gan", batch_size: int | None = None) -> str:
+    """``<data>/pairs.lance`` with ``per_domain`` tiny pairs per domain from ``kind`` generators (a
+    random ``gan`` or the procedural ``world``); returns its URI. Another ``run_seed`` draws other
+    identities (held-out sets)."""
     from factory.chunks import PAIRS_SET, Chunk
     from factory.domains import load_domains
     from factory.generators import ensure_domain_generator
@@ -35,8 +38,10 @@ def make_pairs(data: str | Path, *, domains: tuple[str, ...] = TINY_DOMAINS, per
     catalog = load_domains()
     committer = None
     for domain in domains:
-        checkpoint = ensure_domain_generator(catalog.get(domain), data / "generators" / "tiny", "tiny")
-        stage = SynthesizeStage(domain, checkpoint, SynthesizeConfig(batch_size=per_domain, num_threads=None))
+        folder = "tiny" if kind == "gan" else f"{kind}-tiny"
+        checkpoint = ensure_domain_generator(catalog.get(domain), data / "generators" / folder, "tiny", kind)
+        stage = SynthesizeStage(domain, checkpoint, SynthesizeConfig(batch_size=batch_size or per_domain,
+                                                                     num_threads=None))
         chunk = Chunk(table="pairs", domain=domain, set_name=PAIRS_SET, index=0, start=0, stop=per_domain,
                       run_seed=run_seed)
         batch = stage(chunk)

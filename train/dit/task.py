@@ -31,12 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from avatar4d.data.schema import SchemaMismatchError
-from avatar4d.diffusion import IDDPMObjective, sample
+from avatar4d.diffusion import IDDPMObjective
 from avatar4d.models.dit import DiTConfig, ImageConditionedDiT, save_dit
 from avatar4d.models.vae import from_dit_tokens, load_vae, to_dit_tokens, unscale_latent
 from avatar4d.viz import labelled_grid
 from train.data import DatasetInfo, RankStream, check_size, decode_tensor_column, inspect_dataset
 from train.dit.recipes import DiTTrainConfig
+from train.dit.sampling import sample_latents
 from train.task import StepOutput, TrainTask
 
 logger = logging.getLogger(__name__)
@@ -190,11 +191,9 @@ class DiTTask(TrainTask):
         model = model.float()
         sampling = self.config.sampling
         generator = torch.Generator().manual_seed(PREVIEW_SEED)
-        samples = sample(lambda x, t, **kw: model(x, t, **kw), tuple(latent.shape), scheduler=sampling.scheduler,
-                         steps=sampling.steps, guidance_scale=sampling.guidance_scale, generator=generator,
-                         cond={"clip_tokens": clip, "dino_tokens": dino},
-                         uncond={"clip_tokens": self._null_batch(model, clip), "dino_tokens": dino},
-                         device=self.device, diffusion=self.config.diffusion)  # [B, C, H, W]
+        samples = sample_latents(model, clip, dino, tuple(latent.shape), sampling=sampling,
+                                 diffusion=self.config.diffusion, null_clip=self.null_clip, generator=generator,
+                                 device=self.device)  # [B, C, H, W]
         metrics = {"preview_sample_mse": float((samples - latent).square().mean())}
         scale = latent[:, :3].abs().amax().clamp(min=1e-6)  # the true latents' range maps to [-1, 1]
         latents_rgb = (torch.cat([latent, samples])[:, :3] / scale).clamp(-1, 1)  # [2B, 3, H, W]
@@ -206,11 +205,6 @@ class DiTTask(TrainTask):
         if rendered is not None:
             images["renders"] = rendered
         return images, metrics
-
-    def _null_batch(self, model: ImageConditionedDiT, clip: Tensor) -> Tensor:
-        if self.null_clip is not None:
-            return self.null_clip.to(self.device).expand(clip.shape[0], -1, -1)
-        return model.null_clip_input(clip.shape[0], clip.shape[1], device=self.device)
 
     def _generator_shas(self, batch: dict[str, Any]) -> list[str] | None:
         """Each preview row's generator: its own column, else its domain's in ``pairs.lance``."""
