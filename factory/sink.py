@@ -305,7 +305,9 @@ class LanceCommitter:
         """Set one key of the dataset's table metadata (a new version; creates the dataset, empty,
         when it does not exist yet)."""
         with self._locked():
-            dataset = open_dataset(self.uri) or self._create_empty()
+            dataset = open_dataset(self.uri)
+            if dataset is None:  # (not `or`: an empty LanceDataset is falsy)
+                dataset = self._create_empty()
             if (dataset.metadata or {}).get(key) != value:
                 dataset.update_metadata({key: value})
             self._state_version = None

@@ -297,3 +297,15 @@ def test_clean_error_drops_rust_source_paths() -> None:
     assert clean_error(raw) == "Generic LocalFileSystem error: failed to fill whole buffer"
     assert clean_error("Not found: a/b.blob, /home/runner/work/lance/rust/lance-io/src/local.rs:273:40") == \
         "Not found: a/b.blob"
+
+
+def test_metadata_update_on_an_empty_dataset_keeps_it(tmp_path: Path, schema: pa.Schema) -> None:
+    """An existing dataset with no rows yet (a driver killed right after creating it) takes the
+    fingerprint without being re-created (it used to raise "Dataset already exists")."""
+    uri = tmp_path / "multiview.lance"
+    committer = LanceCommitter(str(uri), schema)
+    committer.update_metadata("avatar4d.fingerprint", "{}")
+    LanceCommitter(str(uri), schema).update_metadata("avatar4d.fingerprint", '{"a":1}')
+    assert lance.dataset(str(uri)).metadata["avatar4d.fingerprint"] == '{"a":1}'
+    chunk_id, table = chunk_table(schema, "ink", 0, 0, 2)
+    assert committer.commit([chunk_id], write_fragments(str(uri), table, schema)) == 2
