@@ -33,6 +33,8 @@ from typing import Any, Generic, TypeVar
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
+from factory.messages import clean_error
+
 logger = logging.getLogger(__name__)
 
 C = TypeVar("C")
@@ -50,7 +52,7 @@ def is_permanent_failure(error: RayActorError) -> bool:
 def last_line(error: BaseException) -> str:
     """The exception line of a Ray error's remote traceback (a one-line reason)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return clean_error(lines[-1]) if lines else type(error).__name__
 
 
 @dataclasses.dataclass

@@ -38,7 +38,6 @@ import datetime
 import fcntl
 import json
 import logging
-import re
 import shutil
 import threading
 import time
@@ -54,6 +53,7 @@ from lance.fragment import FragmentMetadata
 
 from avatar4d.data.schema import check_compatible
 from avatar4d.errors import UserError
+from factory.messages import clean_error
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +62,13 @@ BLOB_METADATA = {b"lance-encoding:blob": b"true"}
 BLOB_EXTENSION_NAME = "lance.blob.v2"
 DEFAULT_TARGET_FRAGMENT_BYTES = 1 << 30  # compaction target: ~1 GiB per fragment
 DEFAULT_KEEP_VERSIONS_DAYS = 7.0  # old versions kept for readers pinned to them
-_SOURCE_PATH = re.compile(r",?\s*(?:/|[A-Za-z]:\\)\S*\.(?:rs|cc|h):\d+(?::\d+)?"
-                          r'|,?\s*(?:File )?"(?:/|[A-Za-z]:\\)[^"]*\.py", line \d+')
-_LIBRARY_PREFIX = re.compile(r"^(?:External error: |LanceError\(\w+\): )+")
+
+__all__ = ["ChunkConflictError", "DatasetDamagedError", "FragmentReuseError", "LanceCommitter", "clean_error",
+           "open_dataset", "write_fragments"]
 
 
 class DatasetDamagedError(UserError):
     """A dataset's manifest or data files cannot be read."""
-
-
-def clean_error(error: BaseException | str) -> str:
-    """One line of a Lance/Arrow error: no Rust source paths, no wrapper prefixes."""
-    text = " ".join(str(error).split())
-    text = _SOURCE_PATH.sub("", text)
-    return _LIBRARY_PREFIX.sub("", text).strip() or type(error).__name__
 
 
 class ChunkConflictError(ValueError):
@@ -257,23 +250,29 @@ class LanceCommitter:
         if not _is_local(self.uri):
             raise UserError(f"orphan cleanup supports local datasets only, got {self.uri}")
         with self._locked():
-            dataset = open_dataset(self.uri)
-            if dataset is not None and prune_old_versions:
-                self._prune_versions(dataset, keep_versions_days)
-                dataset = open_dataset(self.uri)
-            referenced = {Path(path).stem for path in referenced_by_kept_versions(dataset)}
             data_dir = _local_path(self.uri) / "data"
             if not data_dir.is_dir():
                 return 0
-            now = time.time()
-            removed, removed_bytes = 0, 0
-            for entry in sorted(data_dir.iterdir()):
+            before = {path.name for path in data_dir.glob("*.lance")}
+            dataset = open_dataset(self.uri)
+            if dataset is not None and prune_old_versions and min_age_s <= 0:
+                # Lance drops the old versions and every data file no kept version references (our
+                # orphans included: delete_unverified), reading each manifest once in Rust
+                self._prune_versions(dataset, keep_versions_days, delete_unverified=True)
+                kept = {path.name[: -len(".lance")] for path in data_dir.glob("*.lance")}
+            else:
+                if dataset is not None and prune_old_versions:
+                    self._prune_versions(dataset, keep_versions_days)
+                    dataset = open_dataset(self.uri)
+                kept = {Path(path).stem for path in referenced_by_kept_versions(dataset)}
+            now, removed_bytes = time.time(), 0
+            for entry in sorted(data_dir.iterdir()):  # orphan data files and blob sidecar folders
                 stem = entry.name[: -len(".lance")] if entry.name.endswith(".lance") else entry.name
-                if stem in referenced or now - entry.stat().st_mtime < min_age_s:
+                if stem in kept or now - entry.stat().st_mtime < min_age_s:
                     continue
                 removed_bytes += _tree_bytes(entry)
-                _remove(entry)  # a data file, or the blob sidecar folder of one
-                removed += entry.name.endswith(".lance")
+                _remove(entry)
+            removed = len(before - {path.name for path in data_dir.glob("*.lance")})
             logger.info("removed %d orphan data files (%d bytes) from %s", removed, removed_bytes, self.uri)
             return removed
 
@@ -315,11 +314,12 @@ class LanceCommitter:
     # ---- internals ----------------------------------------------------------------------------
 
     @staticmethod
-    def _prune_versions(dataset: lance.LanceDataset, keep_versions_days: float) -> int:
+    def _prune_versions(dataset: lance.LanceDataset, keep_versions_days: float, *,
+                        delete_unverified: bool = False) -> int:
         if keep_versions_days < 0:
             raise ValueError(f"keep_versions_days must be >= 0, got {keep_versions_days}")
         stats = dataset.cleanup_old_versions(older_than=datetime.timedelta(days=keep_versions_days),
-                                             error_if_tagged_old_versions=False)
+                                             delete_unverified=delete_unverified, error_if_tagged_old_versions=False)
         logger.info("pruned %d versions older than %g days (%d bytes)", stats.old_versions, keep_versions_days,
                     stats.bytes_removed)
         return int(stats.bytes_removed)

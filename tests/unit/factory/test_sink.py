@@ -18,6 +18,7 @@ from factory.sink import (
     FragmentReuseError,
     LanceCommitter,
     clean_error,
+    fragments_from_json,
     open_dataset,
     referenced_data_files,
     stored_schema,
@@ -264,7 +265,10 @@ def test_old_versions_inside_the_window_stay_readable(tmp_path: Path, schema: pa
     pinned = lance.dataset(str(uri)).version
     expected = lance.dataset(str(uri)).to_table(blob_handling="all_binary").sort_by("sample_index")
     committer.compact(target_rows_per_fragment=100)
-    assert committer.cleanup_orphans() == 0
+    _, orphan = chunk_table(schema, "retro", 9, 90, 2)
+    orphan_file = fragments_from_json(write_fragments(str(uri), orphan, schema))[0].files[0].path
+    assert committer.cleanup_orphans() == 1  # the orphan goes, the pinned version's files stay
+    assert not (uri / "data" / orphan_file).exists() and not (uri / "data" / Path(orphan_file).stem).exists()
     old = lance.dataset(str(uri), version=pinned)
     assert old.to_table(blob_handling="all_binary").sort_by("sample_index").equals(expected)
     committer.cleanup_orphans(keep_versions_days=0)  # a window of 0 days keeps only the latest
