@@ -81,8 +81,8 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
         "run", help="generate pairs and multiview sets into Lance (embedded default: tiny, local Ray)",
         description="Generate image–parametric-triplane pairs and multiview sets with one Ray actor per "
                     "domain GAN and commit them to <out>/pairs.lance and <out>/multiview.lance exactly once. "
-                    "Without arguments: the `tiny` recipe (a few domains × a few dozen samples, tiny "
-                    "randomly initialised GANs) on a local Ray started by this command. Re-running the same "
+                    "Without arguments: the `tiny` recipe (a few domains × a few dozen samples, the procedural "
+                    "4D world in each domain's look) on a local Ray started by this command. Re-running the same "
                     "command resumes: committed chunks are skipped.")
     run.add_argument("--recipe", default="tiny", choices=["tiny", "paper"],
                      help="tiny (default): the embedded default, a few domains × a few dozen samples; "
@@ -96,6 +96,10 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--samples-per-domain", type=int, default=None, metavar="N",
                      help="image–triplane pairs per domain (default: the recipe's; at most 100,000,000, and at "
                           "most 999,999 chunks per domain)")
+    run.add_argument("--generator-kind", choices=["world", "gan"], default=None,
+                     help="what hosts a domain without its own generator checkpoint: world = the procedural 4D "
+                          "world in the domain's look (tiny recipe), gan = a randomly initialised Next3D GAN "
+                          "(paper recipe; noise until trained)")
     run.add_argument("--multiview-identities", type=int, default=None, metavar="N",
                      help="identities per multiview set (dynamic, static) and domain (default: the recipe's)")
     run.add_argument("--actors-per-domain", type=int, default=None, metavar="N",
@@ -128,7 +132,8 @@ def build_config(args: argparse.Namespace):  # -> FactoryConfig (imported lazily
     overrides = {"out": str(args.out)}
     for option, field in (("domains", "domains"), ("samples_per_domain", "samples_per_domain"),
                           ("multiview_identities", "multiview_identities"),
-                          ("actors_per_domain", "actors_per_domain"), ("seed", "run_seed")):
+                          ("actors_per_domain", "actors_per_domain"), ("seed", "run_seed"),
+                          ("generator_kind", "generator_kind")):
         if getattr(args, option) is not None:
             overrides[field] = getattr(args, option)
     if args.domains_file is not None:
