@@ -47,8 +47,8 @@ def register_encode(commands: argparse._SubParsersAction) -> None:
                              "their GPU when they get one")
     encode.add_argument("--local", action="store_true", help="no Ray: encode in this process")
     encode.add_argument("--address", default=None,
-                        help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT; default: start a "
-                             "local Ray for this run and stop it afterwards")
+                        help="Ray cluster to use: 'auto', HOST:PORT or ray://HOST:PORT; default: $RAY_ADDRESS "
+                             "when set, else a local Ray started for this run and stopped afterwards")
     encode.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all cores)")
     encode.add_argument("--no-progress", action="store_true", help="no progress bar")
     encode.set_defaults(handler=_encode)

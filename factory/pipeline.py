@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import ray
-from ray.exceptions import RayActorError
 
 from avatar4d.data.schema import MULTIVIEW, PAIRS, TABLES, dataset_uri
 from avatar4d.errors import UserError
@@ -75,6 +74,7 @@ from factory.scheduler import (
     last_line,
 )
 from factory.sink import DEFAULT_KEEP_VERSIONS_DAYS, open_dataset
+from factory.workers import start_workers, wait_for_workers
 
 __all__ = ["ChunkResult", "CommitEvent", "DomainWorker", "FactoryError", "RunSummary", "STATE_DIR", "WorkerSlot",
            "commit_results", "is_permanent_failure", "last_line", "ray_session", "run_factory", "run_lock",
@@ -242,7 +242,7 @@ def _run(config: FactoryConfig, plan: ChunkPlan, domains: list[Any], address: st
         if address is None:
             _record_local_ray(state / "ray-local.json")
         status.phase("workers", f"starting {len(domains) * config.actors_per_domain} workers (loading generators)")
-        slots, schemas, generators = _start_workers(config, domains, summary)
+        slots, schemas, generators = start_workers(DomainWorker, config, domains, summary.actor_nodes)
         status.phase("datasets", "checking the datasets")
         committers = _open_committers(config, schemas)
         fingerprint = build_fingerprint(config, generators)
@@ -371,72 +371,6 @@ def _record_local_ray(path: Path) -> None:
     record = {"driver_pid": me.pid,
               "processes": [{"pid": p.pid, "create_time": p.create_time()} for p in me.children(recursive=True)]}
     path.write_text(json.dumps(record))
-
-
-def _start_workers(config: FactoryConfig, domains: list[Any], summary: RunSummary
-                   ) -> tuple[list[WorkerSlot], dict[str, Any], dict[str, str | None]]:
-    """Create the actors (spread over the nodes), wait until every one loaded its stages, check that
-    they agree on the schemas and, per domain, on the generator. Returns the slots, the schema of
-    each table and each domain's generator sha256."""
-    use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
-    cache = config.generator_cache or config.default_generator_cache
-    worker_class = ray.remote(DomainWorker)
-    slots = []
-    for domain in domains:
-        for index in range(config.actors_per_domain):
-            name = f"factory/{domain.name}/{index}"  # ray.get_actor(name) in this driver's namespace
-            handle = worker_class.options(name=name, max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD",
-                                          **resources).remote(domain, config, cache)
-            slots.append(WorkerSlot(name, domain.name, handle))
-    described = wait_for_workers(slots)
-    from avatar4d.data.schema import check_compatible
-
-    schemas: dict[str, Any] = {}
-    generators: dict[str, str | None] = {}
-    for slot, info in zip(slots, described):
-        summary.actor_nodes[slot.name] = info["node_id"]
-        sha = info.get("generator_sha256")
-        if slot.domain in generators and generators[slot.domain] != sha:
-            raise UserError(f"the workers of domain {slot.domain} loaded different generators "
-                            f"({generators[slot.domain]} and {sha}): the checkpoints differ between nodes")
-        generators[slot.domain] = sha
-        for table, schema in info["schemas"].items():
-            if table in schemas:  # e.g. a fine-tuned checkpoint of another size than the others
-                try:
-                    check_compatible(schemas[table], schema)
-                except UserError as error:
-                    raise UserError(f"worker {slot.name} writes another {table} layout: {error}") from None
-            schemas.setdefault(table, schema)
-    logger.info("%d workers up (%s)", len(slots), "GPU" if use_gpus else "CPU")
-    return slots, schemas, generators
-
-
-def wait_for_workers(slots: list[WorkerSlot], report_every_s: float = 30.0,
-                     retry_s: float = 0.5) -> list[dict[str, Any]]:
-    """``describe()`` of every worker; says so while some cannot be placed (a full cluster waits).
-    A worker that dies while starting is asked again once Ray restarted it; one whose constructor
-    raised is a one-line ``UserError``."""
-    refs = {index: slot.handle.describe.remote() for index, slot in enumerate(slots)}
-    results: dict[int, dict[str, Any]] = {}
-    last_report = time.monotonic()
-    while refs:
-        ready, _ = ray.wait(list(refs.values()), num_returns=1, timeout=report_every_s)
-        for index, ref in [(i, r) for i, r in refs.items() if r in ready]:
-            try:
-                results[index] = ray.get(ref)
-                del refs[index]
-            except RayActorError as error:
-                if is_permanent_failure(error):
-                    raise UserError(f"factory worker {slots[index].name} could not start: {last_line(error)}") from None
-                logger.warning("factory worker %s died while starting; waiting for its restart", slots[index].name)
-                time.sleep(retry_s)
-                refs[index] = slots[index].handle.describe.remote()
-        if refs and time.monotonic() - last_report >= report_every_s:
-            last_report = time.monotonic()
-            logger.warning("%d of %d factory workers are not up yet (cluster resources free: %s)", len(refs),
-                           len(slots), ray.available_resources())
-    return [results[index] for index in range(len(slots))]
 
 
 def _open_committers(config: FactoryConfig, schemas: dict[str, Any]) -> dict[str, Any]:
