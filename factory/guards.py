@@ -25,15 +25,24 @@ class TableVanishedError(UserError):
 
 def check_tables_present(out: str, state: Path) -> None:
     """Refuse a folder whose committed table lost its manifests while data files remain (they would
-    otherwise be deleted as orphans and regenerated); warn loudly when a committed table is gone."""
+    otherwise be deleted as orphans and regenerated), or whose data files are missing or truncated
+    (:func:`factory.verify.quick_check`); warn loudly when a committed table is gone."""
     last_run = state / "last-run.json"
     try:
         recorded = json.loads(last_run.read_text()).get("rows_total", {}) if last_run.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         recorded = {}
+    from factory.sink import DatasetDamagedError, damaged_message
+    from factory.verify import quick_check
+
     for table in TABLES:
         uri = dataset_uri(out, table)
         if (Path(uri) / "_versions").is_dir():
+            dataset = open_dataset(uri)
+            problems = quick_check(dataset) if dataset is not None else []
+            if problems:
+                more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+                raise DatasetDamagedError(damaged_message(uri, problems[0] + more))
             continue
         files = data_files_on_disk(uri)
         rows = recorded.get(table, 0)

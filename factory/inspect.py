@@ -36,6 +36,7 @@ def status(out: str | Path) -> dict[str, Any]:
     version (lost manifests) is reported under ``vanished``."""
     from factory.fingerprint import read_fingerprint
     from factory.sink import data_files_on_disk, dataset_bytes, open_dataset
+    from factory.verify import quick_check
 
     out = Path(out)
     report: dict[str, Any] = {"out": str(out), "tables": {}, "vanished": {}}
@@ -73,6 +74,7 @@ def status(out: str | Path) -> dict[str, Any]:
             "encoding": {key: metadata[key] for key in ("avatar4d.vae_sha256", "avatar4d.encoder_sha256")
                          if key in metadata},
             "fingerprint": fingerprint,
+            "damaged": quick_check(dataset),
         }
     path = out / STATE_DIR / "last-run.json"
     if path.is_file():
@@ -100,6 +102,10 @@ def format_status(report: dict[str, Any]) -> str:
         triplane = info["triplane"]
         if triplane:
             lines.append(f"  triplane {triplane['shape']} {triplane['dtype']} ({info['triplane_encoding']})")
+        if info["damaged"]:
+            lines.append(f"  DAMAGED: {info['damaged'][0]}" + (f" (and {len(info['damaged']) - 1} more)"
+                                                               if len(info["damaged"]) > 1 else "")
+                         + "; run `avatar4d factory verify`")
         for key, sha in info["encoding"].items():
             lines.append(f"  {key.removeprefix('avatar4d.')} {sha[:12]}")
         width = max((len(key) for key in info["rows_by_domain"]), default=0)

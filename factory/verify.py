@@ -67,6 +67,31 @@ class TableReport:
         return self.error is None and not self.damaged
 
 
+def quick_check(dataset: Any) -> list[str]:
+    """Problems found without reading data (one stat per file of a local dataset): data files that
+    are missing or not of the size their manifest records, and blob sidecar folders that are
+    missing or empty while other fragments of the dataset have theirs."""
+    root = Path(str(dataset.uri).removeprefix("file://"))
+    if not root.is_dir():
+        return []
+    problems, sidecars = [], {}
+    for fragment in dataset.get_fragments():
+        for data_file in fragment.data_files():
+            path = root / "data" / str(data_file.path)
+            recorded = getattr(data_file, "file_size_bytes", None)
+            if not path.is_file():
+                problems.append(f"fragment {fragment.fragment_id}: data file {path.name} is missing")
+            elif recorded and path.stat().st_size != recorded:
+                problems.append(f"fragment {fragment.fragment_id}: data file {path.name} has "
+                                f"{path.stat().st_size} of {recorded} bytes")
+            sidecar = path.with_suffix("")
+            sidecars[(fragment.fragment_id, sidecar.name)] = sidecar.is_dir() and any(sidecar.iterdir())
+    if any(sidecars.values()):
+        problems += [f"fragment {fragment_id}: blob folder {name} is missing or empty"
+                     for (fragment_id, name), present in sidecars.items() if not present]
+    return problems
+
+
 def verify(out: str | Path) -> dict[str, TableReport]:
     """Check every fragment of every dataset under ``out`` (see the module docstring)."""
     reports = {}

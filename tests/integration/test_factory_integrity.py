@@ -74,12 +74,18 @@ def test_verify_finds_damage_repair_and_rerun_restore_a_clean_run(clean_run, tmp
     import lance
 
     from factory.pipeline import run_factory
+    from factory.sink import DatasetDamagedError
 
     config, clean = clean_run
     out = _copy(clean, tmp_path)
     pairs = lance.dataset(str(out / "pairs.lance"))
     blob_file = pairs.get_fragments()[1].data_files()[0].path
     shutil.rmtree(out / "pairs.lance" / "data" / blob_file.removesuffix(".lance"))  # a lost blob sidecar
+    # noticed without reading any data: `factory status` says DAMAGED, a rerun refuses in one line
+    assert main(["factory", "status", str(out)]) == 0
+    assert "DAMAGED: fragment 1: blob folder" in capsys.readouterr().out
+    with pytest.raises(DatasetDamagedError, match="blob folder .* is missing"):
+        run_factory(config.replace(out=str(out)), num_cpus=2, progress=False)
     multiview = lance.dataset(str(out / "multiview.lance"))
     truncated = out / "multiview.lance" / "data" / multiview.get_fragments()[0].data_files()[0].path
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
