@@ -46,11 +46,12 @@ def check_tables_present(out: str, state: Path) -> None:
             continue
         files = data_files_on_disk(uri)
         rows = recorded.get(table, 0)
-        if files and rows:
+        if files:  # a run creates each dataset before any chunk is written: these were committed once
+            held = f"held {rows} committed rows but " if rows else ""
             raise TableVanishedError(
-                f"{uri} held {rows} committed rows but its version manifests (_versions/) are gone; {files} data files "
-                "remain. Restore _versions/ from a backup, or move the table away to regenerate it (nothing was "
-                "deleted)")
+                f"{uri} {held}has no version manifests (_versions/) any more while {files} data files remain: "
+                "the committed table vanished. Restore _versions/ from a backup, or move the table away to "
+                "regenerate it (nothing was deleted)")
         if rows:
             logger.warning("%s held %d committed rows (last run) but is gone: it is regenerated from scratch", uri,
                            rows)
