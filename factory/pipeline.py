@@ -149,6 +149,7 @@ class DomainWorker:
         self.uris = {table: dataset_uri(config.out, table) for table in TABLES}
         self.node_id = ray.get_runtime_context().get_node_id()
         self.device = device
+        self.checksum_threads = config.actor_threads
 
     def describe(self) -> dict[str, Any]:
         """Node, process, device, the weights sha256 of the generator and the Arrow schema of each
@@ -169,7 +170,7 @@ class DomainWorker:
 
         start = time.perf_counter()
         stage = self.stages[chunk.table]
-        table = add_checksums(stage(chunk))
+        table = add_checksums(stage(chunk), threads=self.checksum_threads)
         fragments = write_fragments(self.uris[chunk.table], table, with_checksum(stage.schema))
         return ChunkResult(chunk.chunk_id, fragments, table.num_rows, table.nbytes, self.node_id,
                            time.perf_counter() - start)
