@@ -49,7 +49,8 @@ def test_a_micro_batch_gives_a_finite_differentiable_iddpm_loss(task):
     model = task.build_model()
     batch = next(iter(task.batches(0)))
     latent, clip, dino = task.tensors(batch, torch.float32)
-    assert latent.shape == (2, 8, 32, 8) and clip.shape == (2, 5, 32) and dino.shape == (2, 5, 24)
+    channels, height, width = task.config.model.in_channels, *task.config.model.input_size  # the tiny VAE's latents
+    assert latent.shape == (2, channels, height, width) and clip.shape == (2, 5, 32) and dino.shape == (2, 5, 24)
     out = task.step(model, batch, torch.Generator().manual_seed(1))
     assert torch.isfinite(out.loss) and out.loss.requires_grad
     assert out.metrics["loss"] == pytest.approx(out.metrics["mse"] + out.metrics["vb"] * 1.0, rel=1e-5)
