@@ -13,7 +13,6 @@ rebuilds either, so the factory stages and the trainers' renderers never branch 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import torch
 
@@ -25,7 +24,7 @@ from avatar4d.models.next3d.checkpoint import load_generator as load_gan
 from avatar4d.world import COMPONENT as WORLD_COMPONENT
 from avatar4d.world import ProceduralWorldGenerator, load_world
 
-Generator4D = Union[Next3DGenerator, ProceduralWorldGenerator]
+Generator4D = Next3DGenerator | ProceduralWorldGenerator
 #: checkpoint component → generator kind
 GENERATOR_COMPONENTS = {GAN_COMPONENT: "gan", WORLD_COMPONENT: "world"}
 GENERATOR_KINDS = tuple(GENERATOR_COMPONENTS.values())

@@ -72,7 +72,8 @@ def main() -> None:
 
 `python benchmarks/world.py --chunks {args.chunks} --chunk-size {args.chunk_size} --threads {args.threads} --report`
 
-- date: {datetime.date.today().isoformat()}; device: {cpu_model()} ({platform.machine()}), {args.threads} torch thread(s)
+- date: {datetime.date.today().isoformat()}; device: {cpu_model()} ({platform.machine()}),
+  {args.threads} torch thread(s)
 - torch {torch.__version__}, Python {platform.python_version()}
 - what: `SynthesizeStage` of domain `{args.domain}` (draws, generation, PNG + tensor encoding to Arrow), chunks of
   {args.chunk_size} pairs, the two kinds interleaved chunk by chunk; 64² images, 4 × 8 × 64² triplanes for both.

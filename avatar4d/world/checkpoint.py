@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from avatar4d.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, load_state_dict_strict, save_checkpoint
+from avatar4d.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
 from avatar4d.geometry.morphable import MorphableModel
 from avatar4d.world.config import WorldConfig
 from avatar4d.world.generator import ProceduralWorldGenerator

@@ -53,7 +53,8 @@ class HeadGeometry:
         params = FaceParams(identity, identity.new_zeros(batch, head.expression_dim), identity.new_zeros(batch, 3))
         vertices = head.vertices(params.to(head.device, head.float_dtype)).to(identity)  # [B, V, 3]
         masks = getattr(head, "region_masks", {})
-        body = ~masks["nose"].to(identity.device) if "nose" in masks else torch.ones_like(vertices[0, :, 0], dtype=torch.bool)
+        body = (~masks["nose"].to(identity.device) if "nose" in masks
+                else torch.ones_like(vertices[0, :, 0], dtype=torch.bool))
         x, y, z = vertices.unbind(-1)
         shape = (batch, 1, 1)
         self.a = x.abs().amax(1).reshape(shape)
@@ -85,7 +86,8 @@ class WorldPainter(nn.Module):
 
     def forward(self, w: Tensor) -> ParametricTriplane:
         identity_dim = self.head.identity_dim
-        identity, appearance = w[:, :identity_dim].float(), Appearance.from_latent(w[:, identity_dim:], self.config.style)
+        identity = w[:, :identity_dim].float()
+        appearance = Appearance.from_latent(w[:, identity_dim:], self.config.style)
         geometry = HeadGeometry(self.head, identity)
         r, c = self.config.plane_resolution, self.config.plane_channels
         coords = plane_coordinates(r, self.config.rendering.box_warp, w.device)
@@ -147,14 +149,17 @@ class WorldPainter(nn.Module):
             over(look.iris[..., None, None], sclera * smoothstep(0.0135, 0.0115, radius / eye_size))
             over(look.pupil[..., None, None], sclera * smoothstep(0.0062, 0.0048, radius / eye_size))
             arch = LAYOUT.brow_y + 0.012 * (1 - (dx / 0.05) ** 2)
-            brow = smoothstep(1.0, 0.7, (dx / 0.05) ** 2) * smoothstep(1.0, 0.6, ((my - arch) / look.brow[:, None, None]) ** 2)
+            thickness = look.brow[:, None, None]
+            brow = smoothstep(1.0, 0.7, (dx / 0.05) ** 2) * smoothstep(1.0, 0.6, ((my - arch) / thickness) ** 2)
             over(look.brows[..., None, None], brow)
-            nostril = smoothstep(0.007, 0.004, torch.sqrt((mx - side * 0.017) ** 2 + (my - LAYOUT.nose_tip_y + 0.012) ** 2))
+            nostril_distance = torch.sqrt((mx - side * 0.017) ** 2 + (my - LAYOUT.nose_tip_y + 0.012) ** 2)
+            nostril = smoothstep(0.007, 0.004, nostril_distance)
             over(look.nostril[..., None, None], 0.8 * nostril[None])
         lip_width = smoothstep(1.0, 0.75, (mx / LAYOUT.mouth_half_width) ** 2)
         curve = 1 - (mx / LAYOUT.mouth_half_width) ** 2
-        upper = smoothstep(0.0, 0.002, my - LAYOUT.mouth_y) * smoothstep(0.014, 0.010, (my - LAYOUT.mouth_y) / curve.clamp_min(0.2))
-        lower = smoothstep(0.0, 0.002, LAYOUT.mouth_y - my) * smoothstep(0.020, 0.015, (LAYOUT.mouth_y - my) / curve.clamp_min(0.2))
+        above, curve = my - LAYOUT.mouth_y, curve.clamp_min(0.2)  # above the lips' seam; lip height profile
+        upper = smoothstep(0.0, 0.002, above) * smoothstep(0.014, 0.010, above / curve)
+        lower = smoothstep(0.0, 0.002, -above) * smoothstep(0.020, 0.015, -above / curve)
         over(look.lips[..., None, None], (lip_width * (upper + lower))[None].expand_as(paint))
         seam = lip_width * smoothstep(0.005, 0.003, (my - LAYOUT.mouth_y).abs())
         over(look.mouth[..., None, None], seam[None].expand_as(paint))

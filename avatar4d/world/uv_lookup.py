@@ -81,7 +81,8 @@ def build_uv_lookup(head: MorphableModel, resolution: int) -> UVLookup:
     texel_uv = rasterizer.interpolate(uv, raster, uv_faces)[0]  # [R, R, 2], to check the orientation
     centres = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
     inside = covered[0]
-    if inside.any() and (texel_uv[..., 1][inside] - centres[:, None].expand(-1, resolution)[inside]).abs().mean() > 0.5 / resolution:
+    row_v = centres[:, None].expand(-1, resolution)
+    if inside.any() and (texel_uv[..., 1][inside] - row_v[inside]).abs().mean() > 0.5 / resolution:
         values, covered = values.flip(-2), covered.flip(-2)  # this rasterizer puts v = 0 at the last row
     values = _fill_uncovered(values, covered)
     num_identity = basis.shape[-1]

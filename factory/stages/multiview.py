@@ -32,10 +32,10 @@ from torch import Tensor
 from avatar4d.config import Config
 from avatar4d.data.codec import encode_png, encode_tensor, torch_dtype
 from avatar4d.data.schema import MULTIVIEW, MULTIVIEW_SETS, TensorSpec, multiview_schema
+from avatar4d.generators import Generator4D
 from avatar4d.geometry.camera import Camera, PoseSampler, PoseSamplerConfig
 from avatar4d.geometry.morphable import FaceParams, MorphableModel
 from factory.chunks import Chunk
-from avatar4d.generators import Generator4D
 from factory.stages.common import (
     FACTORY_VERSION,
     EncoderPool,

@@ -34,7 +34,8 @@ def world(head, domain: str = "realistic") -> ProceduralWorldGenerator:
 
 
 def face(head, identity: torch.Tensor, **expressions: float) -> FaceParams:
-    params = FaceParams(identity, torch.zeros(identity.shape[0], head.expression_dim), torch.zeros(identity.shape[0], 3))
+    batch = identity.shape[0]
+    params = FaceParams(identity, torch.zeros(batch, head.expression_dim), torch.zeros(batch, 3))
     for name, value in expressions.items():
         if name == "jaw_open":
             params.jaw[:, 0] = value
@@ -163,7 +164,8 @@ def test_same_latent_same_head_and_checkpoint_round_trip(head, tmp_path):
     info = save_world(tmp_path / "pixar", generator)
     loaded, loaded_info = load_world(tmp_path / "pixar", head=head)
     assert loaded_info.weights_sha256 == info.weights_sha256
-    assert torch.equal(loaded.painter(generator.mapping(z, truncation_psi=0.7)[:, 0]).stacked(), first.triplane.stacked())
+    painted = loaded.painter(generator.mapping(z, truncation_psi=0.7)[:, 0])
+    assert torch.equal(painted.stacked(), first.triplane.stacked())
     other = save_world(tmp_path / "lego", world(head, "lego"))
     assert other.weights_sha256 != info.weights_sha256, "the style is part of the checkpoint's hash"
 
