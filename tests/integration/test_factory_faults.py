@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -28,6 +30,7 @@ def cpu_load():
 
 
 def test_repeated_actor_kills_under_load_end_in_exact_rows(tmp_path, cpu_load):
+    """Kills at four moments: while an actor starts, mid-chunk, while it restarts, and all actors at once."""
     import ray
 
     from factory.pipeline import CommitEvent, run_factory
@@ -53,10 +56,30 @@ def test_repeated_actor_kills_under_load_end_in_exact_rows(tmp_path, cpu_load):
                 ray.kill(ray.get_actor(name), no_restart=False)
             kills.append(("all at once", ",".join(event.actor_names)))
 
+    starting = f"factory/{DOMAINS[1]}/0"
+    at_start: list[str] = []
+
+    def kill_while_starting() -> None:
+        """Kill 0: the other domain's actor as soon as it exists (while it loads its generator)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not at_start:
+            if not ray.is_initialized():  # (get_actor would start a Ray of its own)
+                time.sleep(0.02)
+                continue
+            try:
+                ray.kill(ray.get_actor(starting), no_restart=False)
+                at_start.append(starting)
+            except ValueError:  # not registered yet
+                time.sleep(0.02)
+
     out = tmp_path / "data"
     config = small_config(out, samples_per_domain=N, chunk_size=2, max_in_flight_per_actor=2, max_chunk_attempts=3)
+    killer = threading.Thread(target=kill_while_starting, daemon=True)
+    killer.start()
     summary = run_factory(config, num_cpus=2, progress=False, on_commit=inject)
+    killer.join(timeout=5)
 
+    assert at_start == [starting]
     assert [moment for moment, _ in kills] == ["mid-chunk", "restarting", "all at once"], kills
     assert victim in {name for _, names in kills for name in names.split(",")}
     # deaths the scheduler saw (a kill during a restart or of an idle actor shows as one death)
