@@ -69,6 +69,7 @@ class WorkerSlot:
     next_probe_at: float = 0.0
     backoff_s: float = 0.0
     restarts: int = 0
+    stale_through: int = 0  # tasks submitted up to this sequence number went to a process that died
 
 
 @dataclasses.dataclass
@@ -178,11 +179,11 @@ class ChunkScheduler(Generic[C]):
     # ---- failures -------------------------------------------------------------------------------
 
     def _actors_failed(self, failed: list[tuple[WorkerSlot, C, int, RayActorError]]) -> None:
-        for slot, chunk, _, error in sorted(failed, key=lambda item: item[2]):  # submission order
+        for slot, chunk, sequence, error in sorted(failed, key=lambda item: item[2]):  # submission order
             if is_permanent_failure(error):
                 raise FactoryError(f"worker {slot.name} cannot start: {last_line(error)}")
-            if slot.healthy:  # the first failure seen of a live actor: the chunk it was running
-                self._mark_down(slot, chunk, error)
+            if slot.healthy and sequence > slot.stale_through:  # the first failure of this death: the
+                self._mark_down(slot, chunk, error)                # chunk the actor was running
                 self._count(chunk, error)
             self._requeue(slot.domain, chunk)
 
@@ -199,6 +200,7 @@ class ChunkScheduler(Generic[C]):
 
     def _mark_down(self, slot: WorkerSlot, chunk: C, error: BaseException) -> None:
         slot.healthy, slot.down_since, slot.probe = False, time.monotonic(), None
+        slot.stale_through = self._sequence  # its other tasks died with it: their failures are not new deaths
         slot.backoff_s = self.initial_backoff_s
         slot.next_probe_at = slot.down_since + slot.backoff_s
         self.stats.actor_failures += 1
