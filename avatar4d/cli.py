@@ -33,6 +33,7 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
                                        "smoke run)"),
     "convert": ("avatar4d.commands.convert", "convert released checkpoints (Next3D++ .pkl, AvatarArtist DiT/VAE) "
                                              "to avatar4d format"),
+    "track": ("avatar4d.commands.track", "track a portrait or video: cameras, head-model coefficients, landmarks"),
     "eval": ("avatar4d.commands.evaluate", "AvatarArtist's table-1 metrics (not built yet)"),
 }
 QUIET_MODULES = r"(torch|torchvision|deepspeed|ray|mlflow|pydantic|lance|open_clip|timm)(\.|$)"
