@@ -37,6 +37,9 @@ def test_run_writes_exactly_the_requested_pairs(finished_run):
     assert set(ids) == {f"{d}/{i:08d}" for d in DOMAINS for i in range(N)}
     assert summary.committed_chunks == summary.planned_chunks == len(DOMAINS) * (N // 3 + 2)
     assert summary.resubmitted_chunks == 0 and summary.skipped_chunks == 0
+    # start-up is measured per phase (the status line shows the same phases)
+    assert set(summary.startup_phases) == {"ray", "workers", "datasets"}
+    assert sum(summary.startup_phases.values()) <= summary.startup_seconds <= summary.seconds
 
 
 def test_every_pair_decodes_and_matches_regeneration_from_its_seed(finished_run):
