@@ -18,6 +18,8 @@ from avatar4d.errors import UserError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+TEXT_FORMATS = {"tty", "srt", "ass", "webvtt"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
 @dataclasses.dataclass
@@ -51,6 +53,8 @@ def read_media(path: str | Path, *, max_frames: int | None = None, progress: boo
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 — not a video: maybe an image with an unusual name
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise UserError(f"{path} is a corrupt or truncated video ({_short(exc)})") from None
         try:
             return _read_image(path)
         except UserError:
@@ -82,6 +86,8 @@ def _read_video(path: Path, *, max_frames: int | None, progress: bool) -> Media:
         if not container.streams.video:
             raise UserError(f"{path} has no video stream")
         stream = container.streams.video[0]
+        if container.format.name in TEXT_FORMATS:  # FFmpeg "plays" any text file as ANSI art
+            raise UserError(f"{path} is neither an image nor a video (FFmpeg sees {container.format.name!r} text)")
         fps = float(stream.average_rate or stream.base_rate or 25)
         total = stream.frames or None
         frames: list[np.ndarray] = []

@@ -24,7 +24,7 @@ from avatar4d.tracking.pose import CameraFraming
 logger = logging.getLogger(__name__)
 
 #: temporal smoothing of videos (weights per rad² / unit² of frame-to-frame change)
-VIDEO_SMOOTHING = {"smooth_pose": 2000.0, "smooth_expression": 20.0}
+VIDEO_SMOOTHING = {"smooth_pose": 20000.0, "smooth_expression": 200.0}
 
 
 @dataclasses.dataclass
