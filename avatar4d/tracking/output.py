@@ -61,21 +61,24 @@ def write_json(path: Path, result: TrackResult, *, source: Path, head_name: str,
     return path
 
 
-def draw_overlays(frames: np.ndarray, result: TrackResult) -> np.ndarray:
-    """Frames [N, S, S, 3] uint8 with detected (green) and fitted (red) landmarks; "no face" frames get a red X."""
+def draw_overlays(frames: np.ndarray, result: TrackResult, min_size: int = 256) -> np.ndarray:
+    """Frames [N, S', S', 3] uint8 (enlarged to ``min_size`` if smaller) with detected (green) and fitted (red)
+    landmarks; frames without a face get a red cross."""
     from PIL import Image, ImageDraw
 
-    size = frames.shape[1]
-    radius = max(1, size // 160)
+    size = max(min_size, frames.shape[1])
+    radius = max(1.5, size / 200)
     out = []
     for i, frame in enumerate(frames):
-        image = Image.fromarray(frame)
+        image = Image.fromarray(frame).resize((size, size), Image.BILINEAR)
         draw = ImageDraw.Draw(image)
         if not result.detections.present[i]:
-            draw.line([(0, 0), (size - 1, size - 1)], fill=(255, 0, 0), width=max(1, size // 64))
-            draw.line([(0, size - 1), (size - 1, 0)], fill=(255, 0, 0), width=max(1, size // 64))
+            width = max(1, size // 64)
+            draw.line([(0, 0), (size - 1, size - 1)], fill=(255, 0, 0), width=width)
+            draw.line([(0, size - 1), (size - 1, 0)], fill=(255, 0, 0), width=width)
         else:
-            for points, colour in ((result.detections.landmarks[i], (0, 255, 0)), (result.fit.landmarks[i], (255, 0, 0))):
+            pairs = ((result.detections.landmarks[i], (0, 255, 0)), (result.fit.landmarks[i], (255, 0, 0)))
+            for points, colour in pairs:
                 for x, y in (points * size).tolist():
                     draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
         out.append(np.asarray(image))
@@ -90,10 +93,10 @@ def write_sheet(path: Path, overlays: np.ndarray, result: TrackResult, title: st
 
     count = overlays.shape[0]
     picks = np.unique(np.linspace(0, count - 1, min(count, SHEET_FRAMES)).round().astype(int))
-    cell = max(192, overlays.shape[1])
+    cell = overlays.shape[1]
     cells = []
     for i in picks:
-        image = Image.fromarray(overlays[i]).resize((cell, cell), Image.NEAREST)
+        image = Image.fromarray(overlays[i])
         if result.detections.present[i]:
             yaw, pitch = (math.degrees(float(v[i])) for v in (result.fit.pose.yaw, result.fit.pose.pitch))
             text = f"#{i} yaw {yaw:+.0f} pitch {pitch:+.0f} err {float(result.fit.error_px[i]):.1f}px"

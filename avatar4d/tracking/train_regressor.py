@@ -102,7 +102,8 @@ def evaluate(model: LandmarkRegressor, images: Tensor, landmarks: Tensor) -> dic
     error = (pred - landmarks).norm(dim=-1).mean(-1)  # [N] normalised
     gen = torch.Generator().manual_seed(1)
     _, neg_logit = model(negatives(images.shape[0], images.shape[-1], images, gen))
-    return {"landmark_error_px512": float(error.mean() * 512), "landmark_error_px512_p95": float(error.quantile(0.95) * 512),
+    return {"landmark_error_px512": float(error.mean() * 512),
+            "landmark_error_px512_p95": float(error.quantile(0.95) * 512),
             "face_recall": float((logit > 0).float().mean()), "nonface_rejected": float((neg_logit < 0).float().mean())}
 
 

@@ -24,7 +24,7 @@ def test_video_round_trip_keeps_every_frame_in_order(tmp_path, clip, suffix):
     media = read_media(path)
     assert media.is_video and media.fps == pytest.approx(12) and media.frames.shape == clip.shape
     centres = [(media.frames[i, :, :, 0] > 128).nonzero()[1].mean() for i in range(12)]
-    assert np.allclose(centres, 4 * np.arange(12) + 5.5, atol=2.0), centres  # frame i holds the square at 4i (frames are 4 px apart)
+    assert np.allclose(centres, 4 * np.arange(12) + 5.5, atol=2.0), centres  # 4 px apart
     assert np.abs(media.frames.astype(int) - clip).mean() < 12
     assert read_media(path, max_frames=5).frames.shape[0] == 5
 
