@@ -133,7 +133,7 @@ def test_dit_two_workers_overfit_are_tracked_and_resume_by_name(data, tmp_path, 
     versions = client.search_model_versions(f"name='{config.train.registered_model}'")
     assert len(versions) == 1 and versions[0].tags["avatar4d.step"] == "50"  # one version per run
     model, info = load_dit(Path(result.run_dir) / "final")
-    assert info.step == 50 and model.config.input_size == (32, 8)
+    assert info.step == 50 and model.config.input_size == (64, 16)
 
 
 def test_a_killed_worker_restarts_the_group_and_the_replay_is_the_same_computation(data, tmp_path, monkeypatch):

@@ -86,11 +86,14 @@ class VAETrainConfig(TaskConfig):
 
 def tiny() -> VAETrainConfig:
     """CPU size (the tiny factory's 4 × 8 × 64² triplanes → 8 × 4 × 16² latents): 2 workers × 2
-    samples, ZeRO-2, fp32, AdamW lr 3e-4 (measured: 1e-3 and 5e-4 make the loss jump), 60 steps; renders
-    32², random LPIPS AlexNet trunk."""
+    samples, ZeRO-2, fp32, AdamW lr 3e-4, 60 steps. Every paper loss term, at CPU cost: renders of the
+    static planes (no expression composition, which rasterizes the head mesh twice per generator and
+    micro-batch) at 16², LPIPS with a random AlexNet trunk at its 32² minimum; ≥ 5 steps/s at
+    micro-batch 4 on one CPU thread (benchmarks/results/tiny_steps.md)."""
     return VAETrainConfig(
         model=VAE_PRESETS.get("tiny", normalize_triplanes=True),
-        loss=VAELossConfig(render_resolution=32, lpips_net="alex", lpips_random_backbone=True, statistics_rows=16),
+        loss=VAELossConfig(render_resolution=16, lpips_min_resolution=32, lpips_net="alex",
+                           lpips_random_backbone=True, compose_expression=False, statistics_rows=16),
         train=TrainConfig(num_workers=2, zero_stage=2, micro_batch_size=2, steps=60, lr=3e-4, warmup_steps=0,
                           ema_decay=0.9, checkpoint_every=20, log_every=5, image_every=0, max_failures=1),
         preview_samples=4)

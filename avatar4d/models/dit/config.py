@@ -123,9 +123,10 @@ def _paper() -> DiTConfig:
 
 @DIT_PRESETS.register("tiny")
 def _tiny() -> DiTConfig:
-    """CPU size: latent 8×32×8 (4 planes of 8×8) → 64 tokens, hidden 64, 2 blocks, small condition encoders."""
+    """CPU size: the tiny VAE's latent 8×64×16 (4 planes of 16×16) → 256 tokens, hidden 64, 2 blocks, the tiny
+    condition encoders' CLIP [5, 32] / DINO [5, 24] tokens; 242,592 parameters."""
     return DiTConfig(
-        input_size=(32, 8), in_channels=8, patch_size=2, hidden_size=64, depth=2, num_heads=4,
+        input_size=(64, 16), in_channels=8, patch_size=2, hidden_size=64, depth=2, num_heads=4,
         frequency_embedding_size=32, clip_channels=32, clip_tokens=5, clip_latents=4, dino_channels=24,
         dino_tokens=5, dino_latents=8, resampler_depth=1, resampler_heads=2, resampler_head_dim=16,
         resampler_ff_mult=2, pos_embed_grid="true", null_clip="learned")

@@ -80,10 +80,12 @@ def _paper() -> GeneratorConfig:
 
 @GENERATOR_PRESETS.register("tiny")
 def _tiny() -> GeneratorConfig:
-    """CPU size: 8-channel planes at 64², 16² neural rendering (12 + 12 samples), 64² images."""
+    """CPU size: 8-channel planes at 64² (the stored parametric triplane 4 × 8 × 64²), 16² neural rendering
+    (8 + 8 samples), 64² images; backbones of at most 16 channels (4 at 64²), SR 8 channels; 127,118 parameters,
+    ≥ 5 fine-tune steps/s at micro-batch 4 on one CPU thread (benchmarks/results/tiny_steps.md)."""
     channels = 8
     return GeneratorConfig(
         backbone=BACKBONE_PRESETS.get("tiny", img_channels=3 * channels),
         superresolution=SUPERRESOLUTION_PRESETS.get("tiny", in_channels=channels),
-        rendering=RENDERING_PRESETS.get("paper", depth_resolution=12, depth_resolution_importance=12),
+        rendering=RENDERING_PRESETS.get("paper", depth_resolution=8, depth_resolution_importance=8),
         plane_channels=channels, decoder_hidden=16, neural_resolution=16, truncation_cutoff=None)

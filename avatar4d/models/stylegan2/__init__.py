@@ -79,8 +79,8 @@ def _paper() -> StyleGAN2BackboneConfig:
 
 @BACKBONE_PRESETS.register("tiny")
 def _tiny() -> StyleGAN2BackboneConfig:
-    """CPU-test size: 64 px, 32 channels at most (16 at 64 px), pyramid from 8 px (same 1/8 ratio)."""
-    return StyleGAN2BackboneConfig(z_dim=64, w_dim=64, img_resolution=64, channel_base=1024, channel_max=32,
+    """CPU-test size: 64 px, 16 channels at most (8 at 32 px, 4 at 64 px), pyramid from 8 px (same 1/8 ratio)."""
+    return StyleGAN2BackboneConfig(z_dim=64, w_dim=64, img_resolution=64, channel_base=256, channel_max=16,
                                    pyramid_start=8)
 
 

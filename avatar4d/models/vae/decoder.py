@@ -12,19 +12,23 @@ UP_STRIDE = (1, 2, 2)  # (plane, H, W)
 
 
 class UpStage(nn.Module):
-    """``up`` (transposed k4, stride (1, 2, 2)) then residual blocks ``res1`` and ``res2``."""
+    """``up`` (transposed k4, stride (1, 2, 2)) then residual blocks ``res1`` … ``res{n}`` (release: n = 2)."""
 
     def __init__(self, in_channels: int, out_channels: int, config: TriplaneVAEConfig) -> None:
         super().__init__()
         self.up = SamePadConvTranspose3d(in_channels, out_channels, 4, stride=UP_STRIDE,
                                          padding_mode=config.padding_mode)
         kwargs = dict(norm_groups=config.norm_groups, norm_eps=config.norm_eps, padding_mode=config.padding_mode)
-        self.res1 = ResBlock(out_channels, **kwargs)
-        self.res2 = ResBlock(out_channels, **kwargs)
+        self.num_res_blocks = config.decoder_res_blocks
+        for index in range(1, self.num_res_blocks + 1):
+            setattr(self, f"res{index}", ResBlock(out_channels, **kwargs))
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, C_in, F, r, r] -> [B, C_out, F, 2r, 2r]
-        return self.res2(self.res1(self.up(x)))
+        x = self.up(x)
+        for index in range(1, self.num_res_blocks + 1):
+            x = getattr(self, f"res{index}")(x)
+        return x
 
 
 class TriplaneDecoder(nn.Module):

@@ -13,12 +13,27 @@ the release also exposes it as ``<name>.weight``, which the VAE converter folds 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 PADDING_MODES = ("replicate", "reflect", "circular", "constant")
 
 Triple = tuple[int, int, int]
+
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+def channels_last(x: Tensor) -> bool:
+    """Whether ``x`` [B, C, F, H, W] is laid out channels-last (and not also contiguous, as size-1 dims allow).
+
+    The convolutions then use their weight in the same layout: oneDNN's channels-last kernels (about a
+    third faster than the default ones on the CPU at the tiny preset's few channels, backward included)
+    need both input and weight in it. The parameters themselves stay contiguous, so checkpoints,
+    DeepSpeed's flat buffers and the EMA see the usual layout.
+    """
+    return x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous()
 
 
 def _triple(value: int | tuple[int, ...], name: str) -> Triple:
@@ -59,6 +74,10 @@ class SamePadConv3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, C_in, F, H, W] -> [B, C_out, F / s_f, H / s_h, W / s_w]
+        if channels_last(x):
+            x = F.pad(x, self.padding, mode=self.padding_mode).contiguous(memory_format=CHANNELS_LAST)
+            y = F.conv3d(x, self.conv.weight.contiguous(memory_format=CHANNELS_LAST), self.conv.bias, self.conv.stride)
+            return y.contiguous(memory_format=CHANNELS_LAST)  # 1×1×1 kernels come out contiguous
         return self.conv(F.pad(x, self.padding, mode=self.padding_mode))
 
 
@@ -85,6 +104,11 @@ class SamePadConvTranspose3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, C_in, F, H, W] -> [B, C_out, F * s_f, H * s_h, W * s_w]
+        if channels_last(x):
+            x = F.pad(x, self.padding, mode=self.padding_mode).contiguous(memory_format=CHANNELS_LAST)
+            y = F.conv_transpose3d(x, self.convt.weight.contiguous(memory_format=CHANNELS_LAST), self.convt.bias,
+                                   self.convt.stride, self.convt.padding)
+            return y.contiguous(memory_format=CHANNELS_LAST)
         return self.convt(F.pad(x, self.padding, mode=self.padding_mode))
 
 

@@ -20,7 +20,7 @@ from avatar4d.models.vae.config import TriplaneVAEConfig
 from avatar4d.models.vae.decoder import TriplaneDecoder
 from avatar4d.models.vae.distribution import DiagonalGaussian
 from avatar4d.models.vae.encoder import TriplaneEncoder
-from avatar4d.models.vae.layers import SamePadConv3d
+from avatar4d.models.vae.layers import CHANNELS_LAST, SamePadConv3d
 from avatar4d.models.vae.layout import stacked_to_vae_layout, vae_layout_to_stacked
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,15 @@ class TriplaneVAE(PretrainedMixin, nn.Module, component="triplane_vae"):
         if x.shape[3] % factor or x.shape[4] % factor:
             raise ValueError(f"triplane sides {tuple(x.shape[3:])} must be divisible by {factor}")
 
+    def _layout(self, x: Tensor) -> Tensor:
+        """``x`` in the memory layout the convolutions run in (``config.channels_last``)."""
+        return x.contiguous(memory_format=CHANNELS_LAST) if self.config.channels_last else x
+
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """x [B, C, F, R, R] → posterior over z [B, embed_dim, F, R/2^n, R/2^n]."""
         self._check_input(x)
-        h = self.encoder(x)             # [B, 2*z, F, r, r]
-        moments = self.quant_conv(h)    # [B, 2*embed_dim, F, r, r]
+        h = self.encoder(self._layout(x))               # [B, 2*z, F, r, r]
+        moments = self.quant_conv(h).contiguous()       # [B, 2*embed_dim, F, r, r]
         return DiagonalGaussian(moments, logvar_min=self.config.logvar_min, logvar_max=self.config.logvar_max)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -91,8 +95,8 @@ class TriplaneVAE(PretrainedMixin, nn.Module, component="triplane_vae"):
         if z.ndim != 5 or z.shape[1] != cfg.embed_dim or z.shape[2] != cfg.num_planes:
             raise ValueError(f"expected a latent [B, {cfg.embed_dim}, {cfg.num_planes}, h, w], got {tuple(z.shape)} "
                              f"(convert DiT-layout latents with from_dit_tokens)")
-        h = self.post_quant_conv(z)     # [B, z, F, r, r]
-        return self.decoder(h)          # [B, C, F, R, R]
+        h = self.post_quant_conv(self._layout(z))       # [B, z, F, r, r]
+        return self.decoder(h).contiguous()             # [B, C, F, R, R] (contiguous for the caller)
 
     def forward(self, x: Tensor, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> VAEOutput:

@@ -69,8 +69,8 @@ def test_initialisation_follows_equalised_lr():
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
     torch.testing.assert_close(layer.resample_filter, torch.outer(taps, taps) / 64)
     net = _tiny()
-    assert net.synthesis.b4.const.shape == (32, 4, 4)
-    assert [net.synthesis.channels[r] for r in (4, 8, 16, 32, 64)] == [32, 32, 32, 32, 16]
+    assert net.synthesis.b4.const.shape == (16, 4, 4)
+    assert [net.synthesis.channels[r] for r in (4, 8, 16, 32, 64)] == [16, 16, 16, 8, 4]
 
 
 def test_torgb_matches_explicit_formula():
@@ -109,8 +109,8 @@ def test_tiny_forward_backward_pyramid_and_gradients():
     assert img.shape == (2, 96, 64, 64)
     ws = net.mapping(z, c)
     pyramid = net.synthesis(ws, return_pyramid=True, noise_mode="const")
-    assert [tuple(t.shape) for t in pyramid] == [(2, 96, 8, 8), (2, 32, 8, 8), (2, 32, 16, 16), (2, 32, 32, 32),
-                                                 (2, 16, 64, 64), (2, 96, 64, 64)]
+    assert [tuple(t.shape) for t in pyramid] == [(2, 96, 8, 8), (2, 16, 8, 8), (2, 16, 16, 16), (2, 8, 32, 32),
+                                                 (2, 4, 64, 64), (2, 96, 64, 64)]
     torch.testing.assert_close(pyramid[-1], img)
     assert len(net.synthesis(ws, return_pyramid=True, pyramid_start=32)) == 4
     loss = sum(t.square().mean() for t in pyramid)
@@ -150,7 +150,7 @@ def test_block_hooks_change_the_output():
         return x, img
 
     net.synthesis(ws, noise_mode="const", block_hooks={32: record})
-    assert seen["x"].shape == (2, 32, 32, 32) and seen["img"].shape == (2, 32, 32, 32)
+    assert seen["x"].shape == (2, 8, 32, 32) and seen["img"].shape == (2, 32, 32, 32)
 
 
 def test_alpha_blend_hooks_follow_next3dpp_face_backbone():

@@ -64,22 +64,39 @@ def test_tiny_forward_backward_shapes_and_gradients():
     vae = _tiny()
     x = torch.randn(2, 8, 4, 32, 32)
     out = vae(x)
-    assert out.latent.shape == (2, 8, 4, 4, 4)
-    assert out.posterior.mean.shape == out.posterior.logvar.shape == (2, 8, 4, 4, 4)
-    assert out.reconstruction.shape == x.shape
+    assert out.latent.shape == (2, 8, 4, 8, 8)
+    assert out.posterior.mean.shape == out.posterior.logvar.shape == (2, 8, 4, 8, 8)
+    assert out.reconstruction.shape == x.shape and out.reconstruction.is_contiguous()
     loss = (out.reconstruction - x).abs().mean() + 1e-6 * out.posterior.kl().mean()
     loss.backward()
     missing = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
-    assert vae.config.latent_shape() == (8, 4, 8, 8) and vae.config.downsample_factor == 8
-    assert sum(p.numel() for p in vae.parameters()) == 4_963_456
+    assert vae.config.triplane_shape() == (8, 4, 64, 64)  # the tiny factory's 4 × 8 × 64² triplanes
+    assert vae.config.latent_shape() == (8, 4, 16, 16) and vae.config.downsample_factor == 4
+    assert sum(p.numel() for p in vae.parameters()) == 22_650
+
+
+def test_channels_last_is_a_layout_only():
+    """The tiny preset's channels-last convolutions compute what the default layout computes, with the same
+    parameters (contiguous, so checkpoints are unchanged) and contiguous outputs."""
+    x = torch.randn(2, 8, 4, 16, 16)
+    fast, plain = _tiny(seed=2), _tiny(seed=2, channels_last=False)
+    assert fast.config.channels_last and all(p.is_contiguous() for p in fast.parameters())
+    outs = [vae(x, sample_posterior=False) for vae in (fast, plain)]
+    torch.testing.assert_close(outs[0].reconstruction, outs[1].reconstruction, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[0].posterior.mean, outs[1].posterior.mean, atol=1e-5, rtol=1e-4)
+    assert outs[0].reconstruction.is_contiguous()
+    for out in outs:
+        out.reconstruction.square().mean().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-3, msg=name)
 
 
 def test_encode_decode_round_trip_shapes_and_mode():
     vae = _tiny().eval()
     x = torch.randn(1, 8, 4, 16, 24)
     posterior = vae.encode(x)
-    assert posterior.shape == (1, 8, 4, 2, 3)
+    assert posterior.shape == (1, 8, 4, 4, 6)
     assert torch.equal(posterior.mode(), posterior.mean)
     assert vae.decode(posterior.mode()).shape == x.shape
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -92,8 +109,8 @@ def test_bad_inputs_raise_value_errors():
     vae = _tiny()
     with pytest.raises(ValueError, match="stacked_to_vae_layout"):
         vae.encode(torch.randn(1, 4, 8, 16, 16))  # stacked [B, F, C, R, R] instead of VAE layout
-    with pytest.raises(ValueError, match="divisible by 8"):
-        vae.encode(torch.randn(1, 8, 4, 20, 16))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        vae.encode(torch.randn(1, 8, 4, 18, 16))
     with pytest.raises(ValueError, match="from_dit_tokens"):
         vae.decode(torch.randn(1, 8, 16, 4))
 
@@ -102,11 +119,12 @@ def test_planes_are_never_merged():
     vae = _tiny()
     strides, plane_sizes = [], []
     for module in vae.modules():
-        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            strides.append(module.stride)
+        if isinstance(module, (SamePadConv3d, SamePadConvTranspose3d)):
+            strides.append((module.conv if isinstance(module, SamePadConv3d) else module.convt).stride)
             module.register_forward_hook(lambda _m, _i, out: plane_sizes.append(out.shape[2]))
     vae(torch.randn(1, 8, 4, 16, 16))
-    assert len(strides) == len(plane_sizes) == (1 + 3 * 3 + 1) + (3 * 5 + 1) + 2  # each conv ran once
+    # encoder: conv_first, 2 × (down + 2 res convs), final; decoder: 2 × (up + 2 res convs), conv_out; quant convs
+    assert len(strides) == len(plane_sizes) == (1 + 2 * 3 + 1) + (2 * 3 + 1) + 2  # each conv ran once
     assert {s[0] for s in strides} == {1} and {s[1:] for s in strides} == {(1, 1), (2, 2)}
     assert set(plane_sizes) == {4}
 
@@ -114,15 +132,15 @@ def test_planes_are_never_merged():
 def test_tiny_overfits_one_triplane():
     vae = _tiny(seed=0)
     x = _smooth_triplane(8)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=5e-4)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=3e-3)
     losses = []
-    for _ in range(60):  # ~30x lower at seed 0; seeds 1-2 measured 11x and 19x
+    for _ in range(100):  # 17x lower at seed 0; seeds 1-2 measured 31x and 37x (22,650-parameter preset)
         loss = F.mse_loss(vae(x, sample_posterior=False).reconstruction, x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+    assert losses[-1] < losses[0] / 8, (losses[0], losses[-1])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

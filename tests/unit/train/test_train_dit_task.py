@@ -38,7 +38,7 @@ def test_latent_layouts_map_to_dit_inputs():
 
 def test_tiny_fits_the_data_and_paper_refuses_it(task, data):
     model = task.config.model
-    assert (model.input_size, model.in_channels) == ((32, 8), 8)
+    assert (model.input_size, model.in_channels) == ((64, 16), 8)
     assert (model.clip_tokens, model.clip_channels, model.dino_tokens, model.dino_channels) == (5, 32, 5, 24)
     with pytest.raises(SchemaMismatchError, match="does not fit the recipe's DiT: input_size"):
         DiTTask.check_data(apply_overrides(paper(), {"data": str(data)}))
