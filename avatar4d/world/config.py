@@ -43,7 +43,7 @@ class WorldConfig(Config):
     neural_resolution: int = 128
     image_resolution: int = 512
     latent_dim: int = 32
-    density_scale: float = 100.0
+    density_scale: float = 50.0
     face_box: tuple[int, int, int, int] = FACE_BOX_256
     truncation_psi: float = 0.7
     truncation_cutoff: int | None = None

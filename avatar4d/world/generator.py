@@ -46,7 +46,7 @@ KIND = "world"
 
 BOX_GATE_SLOPE = 60.0  # the gate unit: softplus(slope · (threshold − mean of the box channel))
 BOX_GATE_THRESHOLD = 0.85  # mean 1 inside the box, ≤ 2/3 where a plane reads outside its range
-BOX_GATE_PENALTY = 50.0  # σ removed per unit of the gate (≈ 550 outside, 6e-3 inside)
+BOX_GATE_PENALTY = 100.0  # σ removed per unit of the gate (≈ 1100 outside, 0.012 inside)
 
 
 def passthrough_decoder(config: WorldConfig) -> OSGDecoder:

@@ -5,9 +5,10 @@ so the sum over the three rendered planes *is* the scene. With the Next3D conven
 (x, y, z) reads plane 0 at (x, y), plane 1 at (x, z) and plane 2 at (z, y), and every channel is
 a sum ``P0(x, y) + P1(x, z) + P2(z, y)``:
 
-- density (channel 3): ``1 + δ(x, y) − q`` with the ellipsoid ``q = (x/a)² + ((y−y0)/b)² +
-  ((z−z0)/c)²`` split as ``P1 = ½ − (x/a)² − ½((z−z0)/c)²`` and ``P2 = ½ − ((y−y0)/b)² −
-  ½((z−z0)/c)²`` (exact: a quadratic head is a sum of plane terms); plane 0 adds ``δ``: a constant
+- density (channel 3): ``k(1 − q) + δ(x, y)`` with the ellipsoid ``q = (x/a)² + ((y−y0)/b)² +
+  ((z−z0)/c)²`` split as ``P1 = k(½ − (x/a)² − ½((z−z0)/c)²)`` and ``P2 = k(½ − ((y−y0)/b)² −
+  ½((z−z0)/c)²)`` (exact: a quadratic head is a sum of plane terms; both are clamped to a narrow
+  range away from the surface, where only the sign matters); plane 0 adds ``δ``: a constant
   on the static plane, and on the UV texture the same constant plus a nose bump and a dip along
   the lips' seam, so a jaw that opens (stretching the seam) opens a recessed, dark mouth;
 - colour (channels 0–2, logits): the albedo on plane 0 (skin, hair above the hairline, the
@@ -38,10 +39,12 @@ from avatar4d.world.appearance import Appearance, PatternField, rgb_logit, smoot
 from avatar4d.world.config import WorldConfig
 from avatar4d.world.uv_lookup import build_uv_lookup
 
-DENSITY_OFFSET = 0.15  # δ of plane 0 outside the painted bumps
-DENSITY_FLOOR = -4.0  # plane terms are clamped here: far outside the head every sum stays < 0
-NOSE_HEIGHT = 0.25
-MOUTH_DIP = 0.45
+DENSITY_SLOPE = 2.0  # planes 1 and 2 hold k·(½ − …): a steep surface, so small plane errors move it little
+DENSITY_OFFSET = 0.3  # δ of plane 0 outside the painted bumps (the surface sits at q = 1 + δ/k)
+DENSITY_CEILING = 1.0  # planes 1 and 2 are clamped to [floor, ceiling]: a narrow range keeps the channel's
+DENSITY_FLOOR = -2.0  # spread (what a VAE's normalisation scales errors by) small; floor < −(ceiling + max δ)
+NOSE_HEIGHT = 0.5
+MOUTH_DIP = 0.9
 LAYOUT = FaceLayout()
 
 
@@ -62,8 +65,8 @@ class HeadGeometry:
         self.y0, self.b = ((y_min + y_max) / 2).reshape(shape), ((y_max - y_min) / 2).reshape(shape)
         z_min, z_max = z.amin(1), z[:, body].amax(1)
         self.z0, self.c = ((z_min + z_max) / 2).reshape(shape), ((z_max - z_min) / 2).reshape(shape)
-        # the surface sits where q = 1 + δ: shrink the axes so it passes through the mesh's extents
-        shrink = 1 / math.sqrt(1 + DENSITY_OFFSET)
+        # the surface sits where q = 1 + δ/k: shrink the axes so it passes through the mesh's extents
+        shrink = 1 / math.sqrt(1 + DENSITY_OFFSET / DENSITY_SLOPE)
         self.a, self.b, self.c = self.a * shrink, self.b * shrink, self.c * shrink
 
 
@@ -187,7 +190,7 @@ class WorldPainter(nn.Module):
         """Plane 1 at (x, z): half of the ellipsoid, the x shading and the back hair."""
         u, w = (x / geo.a) ** 2, ((z - geo.z0) / geo.c) ** 2  # [B, R, R]
         plane = u.new_zeros(look.batch, channels, *x.shape)
-        plane[:, cfg.DENSITY_CHANNEL] = (0.5 - u - 0.5 * w).clamp_min(DENSITY_FLOOR)
+        plane[:, cfg.DENSITY_CHANNEL] = (DENSITY_SLOPE * (0.5 - u - 0.5 * w)).clamp(DENSITY_FLOOR, DENSITY_CEILING)
         back = smoothstep(-0.15, -0.55, (z - geo.z0) / geo.c)  # 1 behind the ears
         hair_shift = rgb_logit(look.hair) - rgb_logit(look.skin)  # [B, 3]
         plane[:, :3] = self._shade(u, look)[:, None] + back[:, None] * hair_shift[..., None, None]
@@ -199,7 +202,7 @@ class WorldPainter(nn.Module):
         """Plane 2 at (z, y): the other half of the ellipsoid and the y shading."""
         v, w = ((y - geo.y0) / geo.b) ** 2, ((z - geo.z0) / geo.c) ** 2
         plane = v.new_zeros(look.batch, channels, *z.shape)
-        plane[:, cfg.DENSITY_CHANNEL] = (0.5 - v - 0.5 * w).clamp_min(DENSITY_FLOOR)
+        plane[:, cfg.DENSITY_CHANNEL] = (DENSITY_SLOPE * (0.5 - v - 0.5 * w)).clamp(DENSITY_FLOOR, DENSITY_CEILING)
         plane[:, :3] = self._shade(v, look)[:, None].expand(-1, 3, -1, -1)
         plane[:, cfg.BOX_CHANNEL] = 1.0
         return plane

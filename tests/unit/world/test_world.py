@@ -69,7 +69,7 @@ def test_decoder_passes_plane_sums_through_exactly(head):
     assert torch.allclose(out["sigma"][..., 0], expected_sigma, rtol=1e-4, atol=0.05)
     features = torch.sigmoid(total[..., :7]) * 1.002 - 0.001
     assert torch.allclose(out["rgb"][..., :7], features, atol=1e-5)
-    samples[..., 3] = torch.tensor([0.55, 0.5, 0.5])[:, None]  # the largest density terms the painter makes
+    samples[..., 3] = torch.tensor([0.8, 1.0, 1.0])[:, None]  # the largest density terms the painter makes
     samples[:, 2, :, :] = 0.0  # a plane read outside the box: every feature of it is 0
     assert (generator.decoder(samples)["sigma"] < -400).all(), "nothing is dense outside the box"
 
