@@ -34,7 +34,6 @@ REPORT = Path(__file__).resolve().parent / "results" / "tracking-cpu.md"
 
 def run(frames, detector, *, video: bool) -> dict[str, float]:
     tracker = Tracker(default_head_model(), detector)
-    start = time.perf_counter()
     detect_start = time.perf_counter()
     detector.detect(frames.images)  # timed alone once, then again inside track()
     detect_s = time.perf_counter() - detect_start
@@ -93,9 +92,9 @@ def main() -> None:
                          f"{n['px_p95']:.2f} | {n['yaw_mean']:.2f} / {n['yaw_max']:.2f} | {n['pitch_mean']:.2f} / "
                          f"{n['pitch_max']:.2f} |")
         lines += ["", "Goal: ≥ 10 frames/s for a world video on this CPU. The machine is shared and noisy; detection "
-                  f"alone took {rows[1][3]['detect_s']:.2f} s for the clip's {rows[1][2]} frames. The fit runs on one torch "
-                  "thread (`FitConfig.cpu_threads`): with 2 threads on this busy machine the same 64-frame fit took "
-                  "52 s instead of 2.9 s (about 6 frames/s for the whole tracker)."]
+                  f"alone took {rows[1][3]['detect_s']:.2f} s for the clip's {rows[1][2]} frames. The fit runs on one "
+                  "torch thread (`FitConfig.cpu_threads`): with 2 threads on this busy machine the same 64-frame "
+                  "fit took 52 s instead of 2.9 s (about 6 frames/s for the whole tracker)."]
         REPORT.write_text("\n".join(lines) + "\n")
         print(f"wrote {REPORT}")
     assert all(math.isfinite(n["fps"]) for *_, n in rows)
