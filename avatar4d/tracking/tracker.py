@@ -44,7 +44,7 @@ def frames_to_tensor(frames: np.ndarray | Tensor) -> Tensor:
     if isinstance(frames, np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected frames [N, H, W, 3], got {frames.shape}")
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+        return torch.from_numpy(np.require(frames, requirements=["C", "W"])).permute(0, 3, 1, 2).float() / 255
     return frames
 
 
