@@ -63,8 +63,8 @@ def _paper() -> DualDiscriminatorConfig:
 
 @DISCRIMINATOR_PRESETS.register("tiny")
 def _tiny() -> DualDiscriminatorConfig:
-    """CPU-test size: 64 px, at most 16 channels (4 at 64 px, 8 at 32 px), 2-layer label mapping."""
-    return DualDiscriminatorConfig(img_resolution=64, channel_base=256, channel_max=16, mapping_layers=2,
+    """CPU-test size: 64 px, at most 16 channels (4 at 64 px, 8 at 32 px), 1-layer label mapping."""
+    return DualDiscriminatorConfig(img_resolution=64, channel_base=256, channel_max=16, mapping_layers=1,
                                    mbstd_group_size=2)
 
 

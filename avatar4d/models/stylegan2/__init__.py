@@ -79,9 +79,10 @@ def _paper() -> StyleGAN2BackboneConfig:
 
 @BACKBONE_PRESETS.register("tiny")
 def _tiny() -> StyleGAN2BackboneConfig:
-    """CPU-test size: 64 px, 16 channels at most (8 at 32 px, 4 at 64 px), pyramid from 8 px (same 1/8 ratio)."""
+    """CPU-test size: 64 px, 16 channels at most (8 at 32 px, 4 at 64 px), 1-layer mapping, pyramid from 8 px
+    (same 1/8 ratio)."""
     return StyleGAN2BackboneConfig(z_dim=64, w_dim=64, img_resolution=64, channel_base=256, channel_max=16,
-                                   pyramid_start=8)
+                                   mapping_layers=1, pyramid_start=8)
 
 
 class StyleGAN2Backbone(nn.Module):

@@ -97,9 +97,8 @@ def test_output_shapes_and_ranges(generator, head):
     start, end = resolve_ray_range(camera.origin, None, None)
     assert torch.allclose(start.flatten(), near.flatten()) and torch.allclose(end.flatten(), far.flatten())
     assert ((out.depth >= near - 1e-5) & (out.depth <= far + 1e-5)).all()
-    opaque = out.opacity > 0.3  # a random tiny generator renders a hazy volume (max opacity 0.38 at seed 0)
-    assert opaque.any()
-    assert ((out.depth >= near - 1e-5) & (out.depth <= far + 1e-5))[opaque].all()
+    # a random tiny generator renders a hazy volume (max opacity 0.14-0.67 over seeds 0-3): not empty, not flat
+    assert out.opacity.min() > 0 and out.opacity.max() > 1.2 * out.opacity.min()
 
 
 def test_fixed_seed_is_bit_identical_across_calls_and_instances(head):
@@ -155,11 +154,13 @@ def test_truncation_pulls_ws_toward_w_avg_up_to_the_cutoff(head):
 
 def _release_dead_parameters_at_tiny_size(model: Next3DGenerator) -> set[str]:
     """The manifest's never-used parameters of the release, with block resolutions scaled from the
-    256² paper backbones to this model's plane resolution (b256 -> b64 for tiny)."""
+    256² paper backbones to this model's plane resolution (b256 -> b64 for tiny), among the parameters
+    the model has (tiny's mappings have one layer, the release's two: no ``mapping.fc1``)."""
     manifest = json.loads(MANIFEST.read_text())
     scale = 256 // model.config.plane_resolution
     rename = lambda name: re.sub(r"\.b(\d+)\.", lambda m: f".b{int(m.group(1)) // scale}.", name)  # noqa: E731
-    return {rename(name) for name in manifest["unused_at_inference"]["names"]}
+    names = {name for name, _ in model.named_parameters()}
+    return {rename(name) for name in manifest["unused_at_inference"]["names"]} & names
 
 
 def test_forward_backward_time_and_gradient_flow(head):
