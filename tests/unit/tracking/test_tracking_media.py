@@ -68,3 +68,16 @@ def test_bad_inputs_get_one_line_errors(tmp_path, clip):
     Image.fromarray(clip[0]).save(png)
     (tmp_path / "cut.png").write_bytes(png.read_bytes()[:200])
     assert "corrupt or truncated image" in _error(tmp_path / "cut.png")
+
+
+def test_tracking_imports_without_pyav_or_pillow():
+    """PyAV and Pillow are imported when a function runs: avatar4d.tracking imports with torch + numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('av', 'PIL'):\n            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\nimport avatar4d.tracking, avatar4d.tracking.media, "
+            "avatar4d.tracking.output, avatar4d.tracking.train_regressor, avatar4d.commands.track\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
