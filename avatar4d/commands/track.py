@@ -41,20 +41,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_head(name: str, model_path: Path | None, landmarks_path: Path | None):
-    """The morphable model named ``name`` (FLAME and FaceVerse from the user's files)."""
+    """The morphable model named ``name``. FLAME and FaceVerse come from the user's files and are placed in the
+    world frame by the similarity that maps their neutral landmarks onto the procedural head's (centroid and mean
+    radius), so the world's camera framing fits them (FLAME is in metres, the world's head ~0.7 units tall)."""
     from avatar4d.errors import UserError
-    from avatar4d.geometry.morphable import default_head_model, load_faceverse, load_flame
+    from avatar4d.geometry.morphable import (
+        FaceVerseConfig,
+        FlameConfig,
+        default_head_model,
+        load_faceverse,
+        load_flame,
+    )
 
+    reference = default_head_model()
     if name == "procedural":
-        return default_head_model()
+        return reference
     if model_path is None:
         raise UserError(f"--head {name} needs --head-model PATH (the licence does not allow shipping it)")
+
+    def load(scale: float = 1.0, translation: tuple[float, float, float] = (0.0, 0.0, 0.0)):
+        if name == "flame":
+            return load_flame(model_path, landmark_path=landmarks_path,
+                              config=FlameConfig(scale=scale, translation=translation))
+        return load_faceverse(model_path, config=FaceVerseConfig(scale=scale, translation=translation))
+
     try:
-        head = load_flame(model_path, landmark_path=landmarks_path) if name == "flame" else load_faceverse(model_path)
-        head.landmark_indices  # noqa: B018 — raises with the model's own message when it has no landmarks
-    except (ValueError, OSError) as exc:
+        head = load()
+        ours = head.landmarks(head.vertices(head.neutral_params()))[0]  # [68, 3]
+    except (ValueError, OSError, KeyError) as exc:
         raise UserError(f"cannot use {model_path} as a {name} head: {str(exc).splitlines()[0]}") from None
-    return head
+    target = reference.landmarks(reference.vertices(reference.neutral_params()))[0]
+    scale = float((target - target.mean(0)).norm(dim=-1).mean() / (ours - ours.mean(0)).norm(dim=-1).mean())
+    translation = tuple(float(v) for v in target.mean(0) - scale * ours.mean(0))
+    logger.info("%s head placed in the world frame: scale %.3f, translation %s", name, scale, translation)
+    return load(scale, translation)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,3 +46,25 @@ def test_flame_head_is_fitted_on_the_full_mesh(tmp_path):
                                            final_learning_rate=1e-9)).fit(target)
     # an ellipsoid with random blendshapes has near-symmetric poses: most frames fit, a few find a local minimum
     assert fit.error_px.median() < 2.0 and fit.error_px.mean() < 0.2 * start.error_px.mean(), fit.error_px
+
+
+def test_cli_places_a_flame_head_in_the_world_frame(tmp_path, monkeypatch):
+    import functools
+
+    import avatar4d.geometry.morphable as morphable
+    from avatar4d.commands.track import load_head
+    from avatar4d.geometry.morphable import FlameConfig, default_head_model
+
+    # the synthetic file has 8 + 4 components (FLAME 2020: 300 + 100, the config's defaults)
+    monkeypatch.setattr(morphable, "FlameConfig", functools.partial(FlameConfig, num_identity=8, num_expression=4,
+                                                                    shape_basis_size=8))
+
+    indices = _synthetic_flame_npz(tmp_path / "flame.npz")
+    np.save(tmp_path / "landmarks.npy", indices)
+    reference = default_head_model()
+    head = load_head("flame", tmp_path / "flame.npz", tmp_path / "landmarks.npy")
+    ours = head.landmarks(head.vertices(head.neutral_params()))[0]
+    theirs = reference.landmarks(reference.vertices(reference.neutral_params()))[0]
+    assert torch.allclose(ours.mean(0), theirs.mean(0), atol=1e-4)
+    radius = lambda points: (points - points.mean(0)).norm(dim=-1).mean()  # noqa: E731
+    assert torch.isclose(radius(ours), radius(theirs), rtol=1e-4)
