@@ -42,11 +42,7 @@ def test_track_video_writes_json_and_overlays(clip_path, tmp_path):
     assert (out / "overlay.png").stat().st_size > 1000 and (out / "overlay.mp4").stat().st_size > 1000
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "avatar4d.cli", *argv], capture_output=True, text=True, timeout=300)
-
-
-def test_bad_input_is_one_line(tmp_path):
+def test_bad_input_is_one_line(tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "black.png")
@@ -55,10 +51,9 @@ def test_bad_input_is_one_line(tmp_path):
                            ((str(tmp_path / "notes.txt"),), "neither an image nor a video"),
                            ((str(tmp_path / "nothing.mp4"),), "file not found"),
                            ((str(tmp_path / "black.png"), "--head", "flame"), "--head flame needs --head-model")):
-        result = _cli("track", *argv, "--out", str(tmp_path / "o"))
-        assert result.returncode == 1, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("avatar4d: error:") and expected in lines[0], result.stderr
+        assert main(["track", *argv, "--out", str(tmp_path / "o")]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("avatar4d: error:") and expected in lines[0], lines
 
 
 def test_track_help_does_not_import_torch():
