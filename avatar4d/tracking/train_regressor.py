@@ -5,9 +5,10 @@
 made the shipped checkpoint (the command's defaults: 2,000 renders, 3,000 steps of 64; 28 minutes on a
 busy, shared 2-core CPU, 7 of them rendering; held-out error 7.4 px mean at 512²). Data: ``--frames``
 world renders of random identities, expressions and cameras in the paper's ranges over several
-domains (:func:`avatar4d.tracking.world_data.random_world_frames`), augmented on the fly (random similarity transforms, colour-channel shuffles and gains); one sample
-in five is a face-free image (flat colour, smooth or pixel noise, a world render with its pixels
-shuffled) that teaches the presence logit. Loss: L1 on landmark coordinates + BCE on presence.
+domains (:func:`avatar4d.tracking.world_data.random_world_frames`), augmented on the fly (random
+similarity transforms, colour-channel shuffles and gains); one sample in five is a face-free image
+(flat colour, smooth or pixel noise, a world render with its pixels shuffled) that teaches the
+presence logit. Loss: L1 on landmark coordinates + BCE on presence.
 """
 
 from __future__ import annotations
