@@ -59,8 +59,8 @@ def _paper() -> SuperResolutionConfig:
 
 @SUPERRESOLUTION_PRESETS.register("tiny")
 def _tiny() -> SuperResolutionConfig:
-    """CPU-test size: 16 -> 64 px, two blocks of 8 channels."""
-    return SuperResolutionConfig(input_resolution=16, block_channels=(8, 8), w_dim=64)
+    """CPU-test size: the 16² rendering resized to 32², one block of 8 channels → 64 px."""
+    return SuperResolutionConfig(input_resolution=32, block_channels=(8,), w_dim=64)
 
 
 class SuperresolutionHybrid8XDC(nn.Module):

@@ -81,12 +81,12 @@ def _paper() -> GeneratorConfig:
 @GENERATOR_PRESETS.register("tiny")
 def _tiny() -> GeneratorConfig:
     """CPU size: 8-channel planes at 64² (the stored parametric triplane 4 × 8 × 64²), 16² neural rendering
-    (8 + 8 samples), 64² images; backbones of at most 16 channels (4 at 64²) with a 1-layer mapping, SR 8
-    channels; 114,638 parameters, ≥ 5 fine-tune steps/s at micro-batch 4 on one CPU thread
-    (benchmarks/results/tiny_steps.md)."""
+    (16 samples per ray, no importance pass), 64² images; backbones of at most 16 channels (4 at 64²) with a
+    1-layer mapping, one 8-channel SR block (32² → 64²); 111,881 parameters, ≥ 5 fine-tune steps/s at
+    micro-batch 4 on one CPU thread (benchmarks/results/tiny_steps.md)."""
     channels = 8
     return GeneratorConfig(
         backbone=BACKBONE_PRESETS.get("tiny", img_channels=3 * channels),
         superresolution=SUPERRESOLUTION_PRESETS.get("tiny", in_channels=channels),
-        rendering=RENDERING_PRESETS.get("paper", depth_resolution=8, depth_resolution_importance=8),
+        rendering=RENDERING_PRESETS.get("paper", depth_resolution=16, depth_resolution_importance=0),
         plane_channels=channels, decoder_hidden=16, neural_resolution=16, truncation_cutoff=None)
