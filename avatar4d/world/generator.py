@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from avatar4d.geometry.camera import Camera
 from avatar4d.geometry.morphable import MorphableModel, default_head_model
-from avatar4d.models.next3d.generator import GeneratorOutput, MeshConditioner
+from avatar4d.models.next3d.generator import GeneratorOutput, MeshConditioner, render_planes_output
 from avatar4d.rendering.decoder import OSGDecoder
 from avatar4d.rendering.parametric import FaceBox, ParametricTriplane
 from avatar4d.rendering.renderer import TriplaneRenderer
@@ -148,10 +148,7 @@ class ProceduralWorldGenerator(nn.Module):
         uv_grid, face_mask = self.mesh_conditioner(vertices)  # [B, R, R, 2], [B, 1, R, R]
         planes = triplane.compose(uv_grid, face_mask, self.face_box)  # [B, 3, C, R, R]
         resolution = neural_resolution or self.config.neural_resolution
-        rendered = self.renderer(planes, self.decoder, camera, resolution, generator=generator)
-        image = self.superresolution(rendered.rgb, rendered.features, ws)  # [B, 3, S, S]
-        return GeneratorOutput(image=image, image_raw=rendered.rgb, depth=rendered.depth, opacity=rendered.opacity,
-                               features=rendered.features, planes=planes, triplane=triplane, ws=ws)
+        return render_planes_output(self, planes, triplane, ws, camera, resolution, generator)
 
     def forward(self, z: Tensor, camera: Camera, vertices: Tensor, *, conditioning_camera: Camera | None = None,
                 truncation_psi: float = 1.0, truncation_cutoff: int | None = None, noise_mode: str = "const",

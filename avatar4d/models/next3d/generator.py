@@ -55,6 +55,16 @@ class GeneratorOutput:
     ws: Tensor  # [B, num_ws, w_dim]
 
 
+def render_planes_output(model: nn.Module, planes: Tensor, triplane: ParametricTriplane, ws: Tensor, camera: Camera,
+                         resolution: int, generator: torch.Generator | None = None) -> GeneratorOutput:
+    """The tail every 4D generator shares: volume-render expression-specific ``planes`` [B, 3, C, R, R]
+    with ``model``'s renderer and decoder, then its super-resolution (or fixed upsampler)."""
+    rendered = model.renderer(planes, model.decoder, camera, resolution, generator=generator)
+    image = model.superresolution(rendered.rgb, rendered.features, ws)  # [B, 3, S, S]
+    return GeneratorOutput(image=image, image_raw=rendered.rgb, depth=rendered.depth, opacity=rendered.opacity,
+                           features=rendered.features, planes=planes, triplane=triplane, ws=ws)
+
+
 class MeshConditioner(nn.Module):
     """Rasterizes a mesh's UVs over the face box of the frontal plane (Next3D's ``uvcoords_image``).
 
@@ -123,18 +133,6 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         """None: a GAN's latent does not fix the mesh's identity (the procedural world's does)."""
         return None
 
-    @property
-    def z_dim(self) -> int:
-        return self.config.backbone.z_dim
-
-    @property
-    def w_dim(self) -> int:
-        return self.config.backbone.w_dim
-
-    def identity_for_latent(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor | None:
-        """None: a GAN's latent does not fix the mesh's identity (the procedural world's does)."""
-        return None
-
     # --- mapping --------------------------------------------------------------------------
     def mapping(self, z: Tensor, camera: Camera, *, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_emas: bool = False) -> Tensor:
@@ -185,10 +183,7 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         planes = blend_into_frontal_plane(triplane.static, face, full_alpha, self.face_box)  # [B, 3, C, R, R]
 
         resolution = neural_resolution or self.config.neural_resolution
-        rendered = self.renderer(planes, self.decoder, camera, resolution, generator=generator)
-        image = self.superresolution(rendered.rgb, rendered.features, ws)  # [B, 3, S, S]
-        return GeneratorOutput(image=image, image_raw=rendered.rgb, depth=rendered.depth, opacity=rendered.opacity,
-                               features=rendered.features, planes=planes, triplane=triplane, ws=ws)
+        return render_planes_output(self, planes, triplane, ws, camera, resolution, generator)
 
     def forward(self, z: Tensor, camera: Camera, vertices: Tensor, *, conditioning_camera: Camera | None = None,
                 truncation_psi: float = 1.0, truncation_cutoff: int | None = None, noise_mode: str = "const",
