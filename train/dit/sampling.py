@@ -52,8 +52,8 @@ class HeldOutSampler:
     def __init__(self, data: str | Path, vae: TriplaneVAE, *, null_condition: str | Path | None = None,
                  sampling: SamplingConfig | None = None, diffusion: DiffusionConfig | None = None,
                  seed: int = 0, batch_size: int = 16) -> None:
+        from avatar4d.data.encoded_reader import EncodedShardReader
         from avatar4d.data.encoded_schema import encoded_uri
-        from avatar4d.data.reader import LanceShardReader
 
         self.vae = vae
         self.sampling = sampling or SamplingConfig()
@@ -61,8 +61,8 @@ class HeldOutSampler:
         self.seed = seed
         self.batch_size = batch_size
         self.null_condition = null_condition if null_condition is not None else data
-        reader = LanceShardReader(encoded_uri(str(data)), columns=["sample_id", "clip_tokens", "dino_tokens"],
-                                  batch_size=256, shuffle=False)
+        reader = EncodedShardReader(encoded_uri(str(data)), columns=["sample_id", "clip_tokens", "dino_tokens"],
+                                    batch_size=256, shuffle=False)
         self.tokens: dict[str, tuple[Tensor, Tensor]] = {}
         for part in reader:
             for index, sample_id in enumerate(part["sample_id"]):
