@@ -11,8 +11,8 @@ cameras and compared with the renders of the true triplanes (:mod:`train.heldout
   (measured 2026-12-03: 20.8 dB vs 7.4 dB and 15.0 dB).
 
 The DiT's counterpart (samples from held-out portraits vs the mean triplane and the untrained
-DiT) is not here yet: after 400-1,500 CPU steps the tiny DiT's DPM-Solver++ samples are still far
-off the latent distribution (std 1.2-2.8 vs 0.35; README, "Learning shown").
+DiT) is not here yet: after 400-3,000 CPU steps the tiny DiT's DPM-Solver++ samples are still far
+off the latent distribution (std 0.6-2.8 vs 0.35; README, "Learning shown").
 
 The measured numbers are printed (pytest -s) and the margins asserted.
 """
