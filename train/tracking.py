@@ -164,9 +164,12 @@ class RunTracking:
         self.client.log_artifacts(self.run_id, str(checkpoint_dir), artifact_path="checkpoint")
         info = read_checkpoint_info(checkpoint_dir)
         example = input_example(info.component, info.config)
-        mlflow.set_tracking_uri(self.train.tracking_uri)
+        previous = os.environ.get(ENV_TRACKING_URI)
+        mlflow.set_tracking_uri(self.train.tracking_uri)  # MLflow also writes it into os.environ …
         # MLflow suggests type hints on predict(); this model declares its signature instead
-        with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+        with contextlib.ExitStack() as restore, mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+            # … so the next run in this process would take it for the user's: put the user's value back
+            restore.callback(mlflow.set_tracking_uri, previous)
             warnings.simplefilter("ignore", UserWarning)
             outputs = _predict_example(checkpoint_dir, example)
             model = mlflow.pyfunc.log_model(

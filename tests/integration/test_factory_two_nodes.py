@@ -15,7 +15,7 @@ from tests.integration.conftest import DOMAINS, cli_command, read_table, small_c
 
 pytestmark = pytest.mark.integration
 
-N = 16
+N = 48  # with the tiny GANs: enough work left on the removed node when both domains first commit
 
 
 def _domains_with_rows(out) -> set[str]:
@@ -34,7 +34,8 @@ def test_two_node_cluster_via_ray_address_survives_losing_a_node(tmp_path, subpr
     config_file = tmp_path / "factory.yaml"
     # one whole CPU per actor, two CPUs per node: the actors are spread one per node, and after the
     # worker node is lost its actor fits on the head
-    config_file.write_text(small_config(out, samples_per_domain=N, chunk_size=2, num_cpus_per_actor=1.0).to_yaml())
+    config_file.write_text(small_config(out, samples_per_domain=N, chunk_size=2, num_cpus_per_actor=1.0,
+                                        generator_kind="gan").to_yaml())
     cluster = LocalRayCluster(worker_nodes=1, cpus_per_node=2, fast_failure_detection=True)
     try:
         cluster.start()
