@@ -165,20 +165,24 @@ class RunTracking:
         info = read_checkpoint_info(checkpoint_dir)
         example = input_example(info.component, info.config)
         previous = os.environ.get(ENV_TRACKING_URI)
-        mlflow.set_tracking_uri(self.train.tracking_uri)  # MLflow also writes it into os.environ …
-        # MLflow suggests type hints on predict(); this model declares its signature instead
-        with contextlib.ExitStack() as restore, mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
-            # … so the next run in this process would take it for the user's: put the user's value back
-            restore.callback(mlflow.set_tracking_uri, previous)
-            warnings.simplefilter("ignore", UserWarning)
-            outputs = _predict_example(checkpoint_dir, example)
-            model = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
-                artifacts={"checkpoint": str(checkpoint_dir)}, code_paths=[str(Path(avatar4d.__file__).parent)],
-                signature=mlflow.models.infer_signature(example, outputs),
-                input_example=example if sum(v.size for v in example.values()) <= MAX_EXAMPLE_VALUES else None,
-                pip_requirements=requirements())
-        self._register(model.model_uri, registered_model, info.weights_sha256, info.step)
+        mlflow.set_tracking_uri(self.train.tracking_uri)  # MLflow also writes it into os.environ, so the
+        try:  # next run in this process would take it for the user's: the user's value is put back below
+            # MLflow suggests type hints on predict(); this model declares its signature instead
+            with mlflow.start_run(run_id=self.run_id), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                outputs = _predict_example(checkpoint_dir, example)
+                model = mlflow.pyfunc.log_model(
+                    name="model", python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                    artifacts={"checkpoint": str(checkpoint_dir)}, code_paths=[str(Path(avatar4d.__file__).parent)],
+                    signature=mlflow.models.infer_signature(example, outputs),
+                    input_example=example if sum(v.size for v in example.values()) <= MAX_EXAMPLE_VALUES else None,
+                    pip_requirements=requirements())
+            self._register(model.model_uri, registered_model, info.weights_sha256, info.step)
+        finally:  # only the environment: MLflow's in-process URI stays, artifact downloads still resolve
+            if previous is None:
+                os.environ.pop(ENV_TRACKING_URI, None)
+            else:
+                os.environ[ENV_TRACKING_URI] = previous
         return model.model_uri
 
     def _register(self, model_uri: str, name: str, weights_sha256: str, step: int) -> None:
