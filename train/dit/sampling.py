@@ -20,11 +20,12 @@ from avatar4d.models.vae import TriplaneVAE, from_dit_tokens, unscale_latent
 NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
 
 
-def null_clip_tokens(model: ImageConditionedDiT, data: str | Path | None) -> Tensor | None:
+def null_clip_tokens(null_clip: str, data: str | Path | None) -> Tensor | None:
     """The stored CLIP tokens of an all-zero image (``<data>/encoded_null_condition.safetensors``), the
-    null condition of a ``null_clip="zeros"`` model; None for a learned null embedding or no file."""
+    null condition of a model whose ``null_clip`` mode is ``"zeros"``; None for a learned null
+    embedding or no file."""
     path = None if data is None else Path(data) / NULL_CONDITION_FILE
-    if model.config.null_clip != "zeros" or path is None or not path.is_file():
+    if null_clip != "zeros" or path is None or not path.is_file():
         return None
     from safetensors.torch import load_file
 
@@ -74,7 +75,7 @@ class HeldOutSampler:
         missing = [s for s in sample_ids if s not in self.tokens]
         if missing:
             raise KeyError(f"no encoded tokens for {missing[:3]}")
-        null = null_clip_tokens(model, self.null_condition)
+        null = null_clip_tokens(model.config.null_clip, self.null_condition)
         config = self.vae.config
         latent_shape = (config.embed_dim, config.num_planes * config.latent_resolution, config.latent_resolution)
         generator = torch.Generator().manual_seed(self.seed)

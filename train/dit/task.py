@@ -37,13 +37,12 @@ from avatar4d.models.vae import from_dit_tokens, load_vae, to_dit_tokens, unscal
 from avatar4d.viz import labelled_grid
 from train.data import DatasetInfo, RankStream, check_size, decode_tensor_column, inspect_dataset
 from train.dit.recipes import DiTTrainConfig
-from train.dit.sampling import sample_latents
+from train.dit.sampling import null_clip_tokens, sample_latents
 from train.task import StepOutput, TrainTask
 
 logger = logging.getLogger(__name__)
 
 ENCODED_TABLE = "encoded"
-NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
 TENSORS = ("latent", "clip_tokens", "dino_tokens")
 ENCODED_HINT = "make it with `avatar4d factory encode --data DIR --vae-checkpoint PATH`"
 PREVIEW_SEED = 1234
@@ -121,18 +120,9 @@ class DiTTask(TrainTask):
         self.specs = {column: self.info.tensor_spec(column) for column in TENSORS}
         self.objective = IDDPMObjective(config.diffusion)
         self.render_columns = ["generator_sha256"] if "generator_sha256" in self.info.columns else []
-        self.null_clip = self._null_clip_tokens(Path(config.data) / NULL_CONDITION_FILE)
+        self.null_clip = null_clip_tokens(config.model.null_clip, config.data)
         self._preview: dict[str, Any] | None = None
         self._vae: Any = None
-
-    def _null_clip_tokens(self, path: Path) -> Tensor | None:
-        """The stored CLIP tokens of an all-zero image, the null condition of a ``zeros`` model."""
-        if self.config.model.null_clip != "zeros" or not path.is_file():
-            return None
-        from safetensors.torch import load_file
-
-        tokens = load_file(str(path))["clip_tokens"].float()
-        return tokens if tokens.ndim == 3 else tokens[None]  # [1, Tc, Dc]
 
     @property
     def model_config(self) -> DiTConfig:
