@@ -23,15 +23,14 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from avatar4d.checkpoint.io import CheckpointError, read_checkpoint_info
 from avatar4d.errors import UserError
-from avatar4d.generators import is_generator, load_generator_checkpoint
-from avatar4d.geometry.camera import Camera
-from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
-from avatar4d.rendering.parametric import ParametricTriplane
-from avatar4d.rendering.renderer import RenderOutput
+
+# DomainRenderer lives in the core: the inference pipeline renders avatars with it too
+from avatar4d.generators import DomainRenderer, is_generator
+from avatar4d.geometry.morphable import FaceParams, default_head_model
 
 logger = logging.getLogger(__name__)
 
@@ -63,37 +62,6 @@ class GeneratorIndex:
             raise GeneratorNotFoundError(f"no generator checkpoint with weights {sha256[:12]}… (domain {domain}) "
                                          f"under {roots}; pass the folder holding it with --generators")
         return self.paths[sha256]
-
-
-class DomainRenderer(nn.Module):
-    """The frozen rendering half of one generator (a GAN or the procedural world): mesh
-    conditioner, OSG decoder, volume renderer."""
-
-    def __init__(self, checkpoint: Path, head: MorphableModel, device: torch.device) -> None:
-        super().__init__()
-        generator, info = load_generator_checkpoint(checkpoint, head=head, device=device)
-        self.sha256 = info.weights_sha256
-        self.decoder = generator.decoder
-        self.mesh_conditioner = generator.mesh_conditioner
-        self.renderer = generator.renderer
-        self.renderer.config = self.renderer.config.replace(deterministic=True)
-        self.face_box = generator.face_box
-        self.plane_channels = generator.config.plane_channels
-        self.requires_grad_(False).eval()
-        del generator
-
-    def planes(self, stacked: Tensor, vertices: Tensor | None) -> Tensor:
-        """Stacked parametric triplanes [B, 4, C, R, R] → renderable planes [B, 3, C, R, R]."""
-        triplane = ParametricTriplane.from_stacked(stacked)
-        if vertices is None:
-            return triplane.static
-        with torch.no_grad():
-            uv_grid, face_mask = self.mesh_conditioner(vertices)  # [B, R, R, 2], [B, 1, R, R]
-        return triplane.compose(uv_grid, face_mask, self.face_box)
-
-    def render(self, planes: Tensor, camera: Camera, resolution: int) -> RenderOutput:
-        # planes [B, 3, C, R, R] -> features [B, C, res, res], depth [B, 1, res, res]
-        return self.renderer(planes.float(), self.decoder, camera, resolution)
 
 
 class DomainRenderers:
