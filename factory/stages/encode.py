@@ -2,7 +2,7 @@
 runs the image encoders or the VAE.
 
 Per pair: the PNG is decoded and fed to CLIP (``hidden_states[-2]``) and DINOv2
-(``last_hidden_state``) with each encoder's preprocessing (:mod:`factory.stages.encoders`); the
+(``last_hidden_state``) with each encoder's preprocessing (:mod:`avatar4d.encoders`); the
 stacked parametric triplane [4, C, R, R] goes through the triplane VAE's encoder, and the posterior
 mean × the VAE's latent scale (release 0.3994218) is stored, i.e. the latent in diffusion space
 (divide by the scale before decoding). Tokens are stored in float16, latents in float32.
