@@ -16,6 +16,7 @@ from typing import ClassVar
 from avatar4d.config import Config, ConfigError
 from avatar4d.geometry.camera import PoseSamplerConfig
 from avatar4d.models.vae import VAE_PRESETS, TriplaneVAEConfig
+from avatar4d.models.vae.statistics import STATISTICS_GRANULARITIES
 from train.config import TrainConfig
 from train.task import TaskConfig
 
@@ -32,8 +33,11 @@ class VAELossConfig(Config):
     alexnet / vgg16 / squeezenet1_1); ``lpips_random_backbone`` allows a randomly initialised trunk
     instead (tests, the tiny recipe). LPIPS's linear calibration layers ship inside the ``lpips``
     wheel. ``generators``: folders searched for the domains' generator checkpoints (empty: the data
-    folder's ``generators/``). ``statistics_rows``: rows used to estimate the per-(plane, channel)
-    normalisation when the model normalises triplanes.
+    folder's ``generators/``). ``statistics_rows``: size of the seeded sample of the whole dataset
+    that estimates the triplane normalisation (when the model normalises triplanes) and, after
+    training, the latent scale. ``statistics``: ``plane`` (the release's per-plane mean/std, default)
+    or ``plane_channel``. ``estimate_latent_scale``: store 1 / std of the trained VAE's latents as
+    its ``latent_scale_factor`` (off: keep the config's value, the release's 0.3994218).
     """
 
     triplane_l1: float = 1.0
@@ -50,6 +54,8 @@ class VAELossConfig(Config):
     cameras: PoseSamplerConfig = dataclasses.field(default_factory=PoseSamplerConfig)
     generators: list[str] = dataclasses.field(default_factory=list)
     statistics_rows: int = 64
+    statistics: str = "plane"
+    estimate_latent_scale: bool = True
 
     def __post_init__(self) -> None:
         if min(self.triplane_l1, self.depth_l1, self.lpips, self.kl) < 0:
@@ -60,6 +66,8 @@ class VAELossConfig(Config):
             raise ConfigError("render_resolution must be >= 4 and lpips_min_resolution >= 32")
         if self.views_per_sample < 1 or self.statistics_rows < 1:
             raise ConfigError("views_per_sample and statistics_rows must be >= 1")
+        if self.statistics not in STATISTICS_GRANULARITIES:
+            raise ConfigError(f"statistics must be one of {list(STATISTICS_GRANULARITIES)}, got {self.statistics!r}")
 
     @property
     def renders(self) -> bool:

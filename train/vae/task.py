@@ -1,8 +1,12 @@
 """The triplane-VAE training task: ``<data>/pairs.lance`` triplanes → reconstruction (train.vae.losses).
 
-Before the first step (not on resume) the per-(plane, channel) normalisation of the VAE is set
-from the first ``statistics_rows`` rows of the dataset (the same rows on every rank, so every
-rank computes the same statistics); it is saved with the model's buffers. Sample grids show, for
+Before the first step (not on resume) the triplane normalisation of the VAE is set from a seeded
+sample of ``statistics_rows`` rows drawn from the whole dataset (the same rows on every rank, so
+every rank computes the same statistics), per plane as the release does or per (plane, channel)
+(``loss.statistics``); it is saved with the model's buffers. When the final model is saved, its
+latent scale is estimated as 1 / std of the posterior means of another seeded sample
+(``loss.estimate_latent_scale``) and written into the checkpoint's config, which the factory's
+encode stage multiplies by (:mod:`avatar4d.models.vae.statistics`). Sample grids show, for
 the first ``preview_samples`` rows, renders of the input and of the EMA model's reconstruction
 (posterior mode) from a frontal and a side camera.
 """
@@ -21,7 +25,8 @@ from torch import nn
 
 from avatar4d.data.schema import META_FACE_PARAMS_DIMS, SchemaMismatchError, dataset_uri
 from avatar4d.geometry.camera import orbit_camera
-from avatar4d.models.vae import TriplaneVAE, save_vae, stacked_to_vae_layout, vae_layout_to_stacked
+from avatar4d.models.vae import LATENT_SCALE_FACTOR, TriplaneVAE, save_vae, stacked_to_vae_layout, vae_layout_to_stacked
+from avatar4d.models.vae.statistics import estimate_latent_scale, triplane_statistics
 from avatar4d.viz import labelled_grid
 from train.data import DatasetInfo, RankStream, check_size, inspect_dataset
 from train.task import StepOutput, TrainTask
@@ -105,17 +110,34 @@ class VAETask(TrainTask):
                                   shuffle=False, version=self.info.version)
         return next(iter(reader))
 
+    def sampled_triplanes(self, count: int, seed: int) -> torch.Tensor:
+        """Stacked triplanes [n, F, C, R, R] of ``min(count, rows)`` rows drawn from the whole dataset: the
+        first batch of the reader's seeded permutation (the same rows on every rank and rerun)."""
+        from avatar4d.data.reader import LanceShardReader
+
+        reader = LanceShardReader(self.info.uri, columns=["triplane"], batch_size=min(count, self.info.num_rows),
+                                  shuffle=True, seed=seed, version=self.info.version)
+        return next(iter(reader))["triplane"].float()
+
     def prepare(self, model: nn.Module) -> None:
-        """Per-(plane, channel) mean and std of the first rows, when the model normalises triplanes."""
+        """Triplane mean and std (per plane by default) of a seeded sample, when the model normalises triplanes."""
         assert isinstance(model, TriplaneVAE)
         if not model.config.normalize_triplanes:
             return
-        planes = self._first_rows(self.config.loss.statistics_rows)["triplane"].float()  # [N, F, C, R, R]
-        mean = planes.mean(dim=(0, 3, 4))  # [F, C]
-        std = planes.std(dim=(0, 3, 4)).clamp(min=1e-4)
+        loss = self.config.loss
+        planes = self.sampled_triplanes(loss.statistics_rows, self.config.train.seed)  # [N, F, C, R, R]
+        mean, std = triplane_statistics(planes, loss.statistics)  # [F, 1] or [F, C]
         model.set_triplane_statistics(mean, std)
-        logger.info("triplane statistics from %d rows: mean |μ| %.4f, mean σ %.4f", planes.shape[0],
-                    float(mean.abs().mean()), float(std.mean()))
+        logger.info("triplane statistics (per %s) from %d sampled rows: mean |μ| %.4f, mean σ %.4f", loss.statistics,
+                    planes.shape[0], float(mean.abs().mean()), float(std.mean()))
+
+    @torch.no_grad()
+    def latent_scale(self, model: TriplaneVAE) -> float:
+        """1 / std of the posterior means of a seeded sample of rows (another sample than the statistics')."""
+        planes = self.sampled_triplanes(self.config.loss.statistics_rows, self.config.train.seed + 1)
+        latents = [model.encode_triplane(chunk.to(self.device).to(self.model_dtype(model))).float()
+                   for chunk in planes.split(self.config.train.micro_batch_size)]  # [n, E, F, r, r] each
+        return estimate_latent_scale(torch.cat(latents))
 
     def batches(self, start_epoch: int, start_position: int = 0) -> Iterator[dict[str, Any]]:
         train = self.config.train
@@ -186,4 +208,11 @@ class VAETask(TrainTask):
 
     def save_model(self, model: nn.Module, directory: Path, *, step: int, metadata: dict[str, Any]) -> None:
         assert isinstance(model, TriplaneVAE)
+        if self.config.loss.estimate_latent_scale:
+            scale = self.latent_scale(model)
+            logger.info("latent scale estimated from %d sampled rows: %.6f (the release's is %.7f)",
+                        min(self.config.loss.statistics_rows, self.info.num_rows), scale, LATENT_SCALE_FACTOR)
+            model.config = model.config.replace(latent_scale_factor=scale)
+            metadata = {**metadata, "latent_scale": "estimated: 1 / std of posterior means of "
+                                                    f"{min(self.config.loss.statistics_rows, self.info.num_rows)} rows"}
         save_vae(directory, model, step=step, metadata=metadata)

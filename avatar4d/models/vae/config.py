@@ -14,7 +14,9 @@ from avatar4d.config import Config, PresetRegistry
 from avatar4d.models.vae.layers import PADDING_MODES
 
 LATENT_SCALE_FACTOR = 0.3994218
-"""The release's ``scale_factor``: DiT samples are divided by it before decoding."""
+"""The release's ``scale_factor``: DiT samples are divided by it before decoding. A VAE trained here
+estimates its own (1 / std of its latents, :mod:`avatar4d.models.vae.statistics`) and stores it in
+its checkpoint's config."""
 
 
 @dataclasses.dataclass
@@ -27,7 +29,8 @@ class TriplaneVAEConfig(Config):
     in_channels, with n = ``num_downsamples``; each decoder stage ends in ``decoder_res_blocks``
     residual blocks (``res1``, ``res2`` in the release). ``quant_conv`` maps 2·z_channels → 2·embed_dim
     (mean and log-variance), ``post_quant_conv`` embed_dim → z_channels; the latent has
-    ``embed_dim`` channels. ``normalize_triplanes`` adds (plane, channel) mean/std buffers that
+    ``embed_dim`` channels. ``normalize_triplanes`` adds mean/std buffers [planes, channels] (per-plane
+values broadcast over channels, as the release's, or per (plane, channel)) that
     :meth:`~avatar4d.models.vae.TriplaneVAE.encode_triplane` and ``decode_triplane`` apply.
     ``channels_last`` is a memory-layout hint only (same parameters, same results up to rounding):
     encoder and decoder run on ``torch.channels_last_3d`` activations, whose oneDNN kernels take
@@ -47,7 +50,7 @@ class TriplaneVAEConfig(Config):
     padding_mode: str = "replicate"
     logvar_min: float = -30.0
     logvar_max: float = 20.0
-    latent_scale_factor: float = LATENT_SCALE_FACTOR
+    latent_scale_factor: float = LATENT_SCALE_FACTOR  # the release's; training here stores its own estimate
     normalize_triplanes: bool = False   # register triplane_mean / triplane_std [num_planes, in_channels]
     channels_last: bool = False         # channels_last_3d activations (CPU: ~1/3 faster at tiny widths)
 
