@@ -21,13 +21,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from avatar4d.config import Config, ConfigError
 from avatar4d.diffusion.objective import ModelFn
 from avatar4d.diffusion.schedule import DiffusionConfig
+
+if TYPE_CHECKING:  # pragma: no cover - the sampler takes any DiT; the process stays apart from the networks
+    from avatar4d.models.dit import ImageConditionedDiT
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +179,33 @@ def sample(
             model_output = out[:, :channels]  # ε only
         x = solver.step(model_output, timestep, x, generator=generator).prev_sample
     return x
+
+
+NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
+
+
+def null_clip_tokens(null_clip: str, data: str | Path | None) -> torch.Tensor | None:
+    """The stored CLIP tokens of an all-zero image (``<data>/encoded_null_condition.safetensors``), the
+    null condition of a model whose ``null_clip`` mode is ``"zeros"``; None for a learned null
+    embedding or no file."""
+    path = None if data is None else Path(data) / NULL_CONDITION_FILE
+    if null_clip != "zeros" or path is None or not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    tokens = load_file(str(path))["clip_tokens"].float()
+    return tokens if tokens.ndim == 3 else tokens[None]  # [1, Tc, Dc]
+
+
+@torch.no_grad()
+def sample_latents(model: ImageConditionedDiT, clip: torch.Tensor, dino: torch.Tensor, shape: tuple[int, ...], *,
+                   sampling: SamplingConfig, diffusion: DiffusionConfig, null_clip: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Latents [B, C, H, W] (DiT layout) for CLIP tokens [B, Tc, Dc] and DINO tokens [B, Td, Dd]."""
+    batch = clip.shape[0]
+    uncond_clip = (null_clip.to(device).expand(batch, -1, -1) if null_clip is not None
+                   else model.null_clip_input(batch, clip.shape[1], device=device))
+    return sample(lambda x, t, **kw: model(x, t, **kw), shape, scheduler=sampling.scheduler, steps=sampling.steps,
+                  guidance_scale=sampling.guidance_scale, generator=generator,
+                  cond={"clip_tokens": clip, "dino_tokens": dino},
+                  uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion)

@@ -13,38 +13,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from avatar4d.diffusion import DiffusionConfig, SamplingConfig, sample
+# sample_latents and the null condition live in the core: the inference pipeline samples with them too
+from avatar4d.diffusion import DiffusionConfig, SamplingConfig
+from avatar4d.diffusion.sampling import NULL_CONDITION_FILE, null_clip_tokens, sample_latents  # noqa: F401
 from avatar4d.models.dit import ImageConditionedDiT
 from avatar4d.models.vae import TriplaneVAE, from_dit_tokens, unscale_latent
-
-NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
-
-
-def null_clip_tokens(null_clip: str, data: str | Path | None) -> Tensor | None:
-    """The stored CLIP tokens of an all-zero image (``<data>/encoded_null_condition.safetensors``), the
-    null condition of a model whose ``null_clip`` mode is ``"zeros"``; None for a learned null
-    embedding or no file."""
-    path = None if data is None else Path(data) / NULL_CONDITION_FILE
-    if null_clip != "zeros" or path is None or not path.is_file():
-        return None
-    from safetensors.torch import load_file
-
-    tokens = load_file(str(path))["clip_tokens"].float()
-    return tokens if tokens.ndim == 3 else tokens[None]  # [1, Tc, Dc]
-
-
-@torch.no_grad()
-def sample_latents(model: ImageConditionedDiT, clip: Tensor, dino: Tensor, shape: tuple[int, ...], *,
-                   sampling: SamplingConfig, diffusion: DiffusionConfig, null_clip: Tensor | None = None,
-                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
-    """Latents [B, C, H, W] (DiT layout) for CLIP tokens [B, Tc, Dc] and DINO tokens [B, Td, Dd]."""
-    batch = clip.shape[0]
-    uncond_clip = (null_clip.to(device).expand(batch, -1, -1) if null_clip is not None
-                   else model.null_clip_input(batch, clip.shape[1], device=device))
-    return sample(lambda x, t, **kw: model(x, t, **kw), shape, scheduler=sampling.scheduler, steps=sampling.steps,
-                  guidance_scale=sampling.guidance_scale, generator=generator,
-                  cond={"clip_tokens": clip, "dino_tokens": dino},
-                  uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion)
 
 
 class HeldOutSampler:
