@@ -128,13 +128,15 @@ def sample(
     uncond: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     diffusion: DiffusionConfig | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``x_0`` of ``shape`` [B, C, ...] by running ``model_fn`` through a diffusers scheduler.
 
     ``model_fn(x_t, t [B] long, **cond)`` returns ε̂ ``[B, C, ...]`` or ε̂ ++ variance values
     ``[B, 2C, ...]``. ``guidance_scale != 1`` needs ``uncond`` (same keys as ``cond``; tensors of
     batch B or 1). ``generator`` draws the initial noise (and DDPM's noise); its device is used
-    for drawing. Returns a float32 tensor on ``device``.
+    for drawing. ``noise`` [B, C, ...] (unit Gaussian) replaces the initial draw, so a caller that
+    batches requests can give every request its own seeded noise. Returns a float32 tensor on ``device``.
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {list(SCHEDULERS)}")
@@ -155,7 +157,10 @@ def sample(
     solver = make_scheduler(scheduler, diffusion)
     solver.set_timesteps(steps, device=device)
     draw_device = generator.device if generator is not None else device
-    x = torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise {list(noise.shape)} does not match shape {list(shape)}")
+    x = (torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32) if noise is None
+         else noise.float()).to(device)
     x = x * solver.init_noise_sigma  # [B, C, ...]
     logger.debug("sampling %s with %s, %d steps, guidance %.3g", list(shape), scheduler, steps, guidance_scale)
 
@@ -200,12 +205,15 @@ def null_clip_tokens(null_clip: str, data: str | Path | None) -> torch.Tensor | 
 @torch.no_grad()
 def sample_latents(model: ImageConditionedDiT, clip: torch.Tensor, dino: torch.Tensor, shape: tuple[int, ...], *,
                    sampling: SamplingConfig, diffusion: DiffusionConfig, null_clip: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Latents [B, C, H, W] (DiT layout) for CLIP tokens [B, Tc, Dc] and DINO tokens [B, Td, Dd]."""
+                   generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents [B, C, H, W] (DiT layout) for CLIP tokens [B, Tc, Dc] and DINO tokens [B, Td, Dd]
+    (``noise``: the initial noise [B, C, H, W], else drawn from ``generator``)."""
     batch = clip.shape[0]
     uncond_clip = (null_clip.to(device).expand(batch, -1, -1) if null_clip is not None
                    else model.null_clip_input(batch, clip.shape[1], device=device))
     return sample(lambda x, t, **kw: model(x, t, **kw), shape, scheduler=sampling.scheduler, steps=sampling.steps,
                   guidance_scale=sampling.guidance_scale, generator=generator,
                   cond={"clip_tokens": clip, "dino_tokens": dino},
-                  uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion)
+                  uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion,
+                  noise=noise)
