@@ -1,7 +1,8 @@
 """VAE training runs as recipes: ``tiny`` (CPU, seconds per step) and ``paper`` (AvatarArtist §3.2).
 
-Paper (DESIGN.md "Triplane VAE"): loss = L1 triplane (1) + L1 depth (1) + LPIPS on rendered images
-(1) + KL (1e-6), no adversarial loss; rendering cameras with pitch in [−0.25, 0.65], yaw in
+Paper and official code (DESIGN.md "Triplane VAE"): loss = L1 triplane (1) + L1 depth (1), both summed
+over each sample and averaged over the batch, + LPIPS on rendered images (1) + latent total variation
+(2e-3) + KL (1e-5), no adversarial loss; rendering cameras with pitch in [−0.25, 0.65], yaw in
 [−0.78, 0.78], roll in [−0.25, 0.25] rad; AdamW lr 1e-4, batch 32, 100k steps. The batch of 32 is
 8 workers × 4 samples here. The paper does not name the LPIPS backbone; ``paper`` uses VGG16
 (the usual choice for reconstruction losses) from a local torchvision weights file.
@@ -43,7 +44,9 @@ class VAELossConfig(Config):
     triplane_l1: float = 1.0
     depth_l1: float = 1.0
     lpips: float = 1.0
-    kl: float = 1e-6
+    kl: float = 1e-5                    # the paper's "1×10⁻⁵" and the official code's kl_weight
+    latent_tv: float = 2e-3             # official: total variation of the posterior mean
+    reduction: str = "sum"              # "sum": L1 terms summed per sample, averaged over the batch (official); "mean"
     render_resolution: int = 128
     lpips_min_resolution: int = 64
     lpips_net: str = "vgg"
@@ -58,8 +61,10 @@ class VAELossConfig(Config):
     estimate_latent_scale: bool = True
 
     def __post_init__(self) -> None:
-        if min(self.triplane_l1, self.depth_l1, self.lpips, self.kl) < 0:
+        if min(self.triplane_l1, self.depth_l1, self.lpips, self.kl, self.latent_tv) < 0:
             raise ConfigError("loss weights must be >= 0")
+        if self.reduction not in ("sum", "mean"):
+            raise ConfigError(f"reduction must be 'sum' (official) or 'mean', got {self.reduction!r}")
         if self.lpips_net not in LPIPS_NETS:
             raise ConfigError(f"lpips_net must be one of {list(LPIPS_NETS)}, got {self.lpips_net!r}")
         if self.render_resolution < 4 or self.lpips_min_resolution < 32:

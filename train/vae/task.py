@@ -165,7 +165,7 @@ class VAETask(TrainTask):
         reconstruction = (reconstruction_normalized if stats is None
                           else reconstruction_normalized * stats[1] + stats[0])
         face_params = batch.get("face_params")
-        loss, metrics = self.loss(normalized, reconstruction_normalized, out.posterior.kl(), planes, reconstruction,
+        loss, metrics = self.loss(normalized, reconstruction_normalized, out.posterior, planes, reconstruction,
                                   list(batch["generator_sha256"]), list(batch["domain"]),
                                   None if face_params is None else face_params.to(self.device), generator)
         return StepOutput(loss=loss, metrics=metrics)

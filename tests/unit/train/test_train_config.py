@@ -61,7 +61,8 @@ def test_recipes_follow_the_paper_and_round_trip():
     assert dit.diffusion.condition_drop_prob == dit.model.condition_dropout == 0.1
     assert (dit.sampling.scheduler, dit.sampling.steps, dit.sampling.guidance_scale) == ("dpmsolver++", 19, 4.5)
     vae = vae_recipe("paper")
-    assert (vae.loss.triplane_l1, vae.loss.depth_l1, vae.loss.lpips, vae.loss.kl) == (1.0, 1.0, 1.0, 1e-6)
+    assert (vae.loss.triplane_l1, vae.loss.depth_l1, vae.loss.lpips, vae.loss.kl) == (1.0, 1.0, 1.0, 1e-5)
+    assert (vae.loss.latent_tv, vae.loss.reduction) == (2e-3, "sum")
     assert vae.loss.cameras.pitch_range == (-0.25, 0.65) and vae.loss.cameras.yaw_range == (-0.78, 0.78)
     assert vae.loss.cameras.roll_range == (-0.25, 0.25) and vae.train.samples_per_step == 32
     assert vae.train.lr == 1e-4 and vae.train.steps == 100_000

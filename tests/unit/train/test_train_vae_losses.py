@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from avatar4d.errors import UserError
+from avatar4d.models.vae import DiagonalGaussian
 from train.vae.losses import VAELoss, build_lpips
 from train.vae.recipes import VAELossConfig
 from train.vae.renderers import DomainRenderers, GeneratorIndex, GeneratorNotFoundError
@@ -77,24 +78,55 @@ def setups(generator_dir):
     return made
 
 
-def test_identical_triplanes_cost_only_their_kl(setups):
+def _posterior(mean: torch.Tensor, logvar: torch.Tensor | None = None) -> DiagonalGaussian:
+    logvar = torch.zeros_like(mean) if logvar is None else logvar
+    return DiagonalGaussian(torch.cat([mean, logvar], dim=1))
+
+
+def test_identical_triplanes_cost_only_their_kl_and_latent_tv(setups):
     loss, sha, renderers = setups["composed"]
     planes = torch.randn(2, 4, 8, 64, 64) * 0.5
     params = torch.zeros(2, renderers.identity_dim + renderers.expression_dim + 3)
-    kl = torch.tensor([3.0, 5.0])
-    total, terms = loss(planes, planes, kl, planes, planes, [sha, sha], ["pixar", "pixar"], params,
+    # latent mean: sample 0 all zeros, sample 1 value = plane index (|Δ| along planes 1, along h 0)
+    mean = torch.zeros(2, 2, 4, 3, 3)
+    mean[1] = torch.arange(4.0)[None, :, None, None]
+    posterior = _posterior(mean)  # unit variance: KL = ½ Σ μ² per sample
+    total, terms = loss(planes, planes, posterior, planes, planes, [sha, sha], ["pixar", "pixar"], params,
                         torch.Generator().manual_seed(0))
     assert terms["triplane_l1"] == 0.0 and terms["depth_l1"] == 0.0 and terms["lpips"] == pytest.approx(0.0, abs=1e-6)
-    assert terms["kl"] == 4.0 and total.item() == pytest.approx(4e-6, rel=1e-4)
+    kl = 0.5 * (2 * 9 * (0 + 1 + 4 + 9)) / 2  # sample 1: Σ μ² = 2 channels · 9 pixels · (0+1+4+9); mean over B
+    tv = 0.5  # mean |Δ| along the plane axis: 0 for sample 0, 1 for sample 1; along h: 0
+    assert terms["kl"] == pytest.approx(kl) and terms["latent_tv"] == pytest.approx(tv)
+    assert total.item() == pytest.approx(1e-5 * kl + 2e-3 * tv, rel=1e-4)  # the paper's weights
+
+
+def test_l1_terms_are_summed_per_sample_and_averaged_over_the_batch(setups):
+    """The official reduction (sum over C·F·R², mean over B), checked against a hand computation."""
+    loss, sha, _ = setups["static"]
+    target = torch.zeros(2, 4, 8, 64, 64)
+    reconstruction = target.clone()
+    reconstruction[0, 0, 0, :2, :2] = 0.5   # 4 values off by 0.5 in sample 0
+    reconstruction[1, 3] = -0.25            # a whole plane (8·64·64 values) off by 0.25 in sample 1
+    posterior = _posterior(torch.zeros(2, 2, 4, 3, 3))
+    config = loss.config.replace(depth_l1=0.0, lpips=0.0)
+    plain = VAELoss(config, None, torch.device("cpu"))
+    _, terms = plain(target, reconstruction, posterior, target, reconstruction, [sha, sha], ["pixar", "pixar"],
+                     None, torch.Generator().manual_seed(0))
+    assert terms["triplane_l1"] == pytest.approx((4 * 0.5 + 8 * 64 * 64 * 0.25) / 2)
+    mean_config = VAELoss(config.replace(reduction="mean"), None, torch.device("cpu"))
+    _, terms = mean_config(target, reconstruction, posterior, target, reconstruction, [sha, sha],
+                           ["pixar", "pixar"], None, torch.Generator().manual_seed(0))
+    assert terms["triplane_l1"] == pytest.approx((4 * 0.5 + 8 * 64 * 64 * 0.25) / target.numel())
 
 
 def test_reconstruction_errors_show_in_every_term_and_carry_gradients(setups):
     loss, sha, _ = setups["static"]
     target = torch.randn(2, 4, 8, 64, 64)
     reconstruction = (target + torch.randn_like(target)).requires_grad_(True)
-    total, terms = loss(target, reconstruction, torch.zeros(2), target, reconstruction, [sha, sha],
-                        ["pixar", "pixar"], None, torch.Generator().manual_seed(0))
-    assert terms["triplane_l1"] == pytest.approx(float((reconstruction - target).detach().abs().mean()))
+    total, terms = loss(target, reconstruction, _posterior(torch.zeros(2, 2, 4, 3, 3)), target, reconstruction,
+                        [sha, sha], ["pixar", "pixar"], None, torch.Generator().manual_seed(0))
+    error = (reconstruction - target).detach().abs()
+    assert terms["triplane_l1"] == pytest.approx(float(error.sum() / 2), rel=1e-5)
     assert terms["depth_l1"] > 0 and terms["lpips"] > 0
     total.backward()
     assert reconstruction.grad is not None and reconstruction.grad[:, 1:].abs().sum() > 0
