@@ -29,18 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     next3d.set_defaults(handler=_convert_next3d)
 
     release = formats.add_parser(
-        "avatarartist", help="the released AvatarArtist DiT and/or triplane VAE",
+        "avatarartist", help="the released AvatarArtist DiT, triplane VAE and/or motion-aware renderer",
         description="Convert AvatarArtist's released inference weights: the DiT (`DiT.pth`, its EMA weights are "
                     "used) into OUT/dit and the triplane VAE (`pytorch_model.bin` of checkpoint-VAE, with the "
-                    "optional `final_mean.pt`/`final_std.pt` triplane statistics) into OUT/vae. Keys and shapes are "
-                    "checked against the `paper` presets; files are read with torch.load(weights_only=True).",
+                    "optional `final_mean.pt`/`final_std.pt` triplane statistics) into OUT/vae, and the motion-aware "
+                    "renderer (`render.pkl`, its G_ema) into OUT/renderer. Keys and shapes are checked against the "
+                    "`paper` presets; .pth/.bin files are read with torch.load(weights_only=True), render.pkl by a "
+                    "restricted unpickler that never runs the code it embeds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     release.add_argument("--dit", type=Path, default=None, help="DiT.pth")
     release.add_argument("--vae", type=Path, default=None, help="the VAE's pytorch_model.bin")
     release.add_argument("--vae-mean", type=Path, default=None, help="final_mean.pt (triplane statistics)")
     release.add_argument("--vae-std", type=Path, default=None, help="final_std.pt (triplane statistics)")
-    release.add_argument("--out", type=Path, required=True, help="output folder (gets dit/ and vae/)")
-    release.add_argument("--preset", default="paper", help="DiT and VAE preset the weights must fit")
+    release.add_argument("--render", type=Path, default=None, help="render.pkl (the motion-aware renderer)")
+    release.add_argument("--out", type=Path, required=True, help="output folder (gets dit/, vae/, renderer/)")
+    release.add_argument("--preset", default="paper", help="DiT, VAE and renderer preset the weights must fit")
     release.set_defaults(handler=_convert_avatarartist)
 
 
@@ -57,11 +60,11 @@ def _convert_avatarartist(args: argparse.Namespace) -> int:
 
     from avatar4d.errors import UserError
 
-    if args.dit is None and args.vae is None:
-        raise UserError("give --dit and/or --vae")
+    if args.dit is None and args.vae is None and args.render is None:
+        raise UserError("give --dit, --vae and/or --render")
     if (args.vae_mean is None) != (args.vae_std is None):
         raise UserError("give both --vae-mean and --vae-std, or neither")
-    for path in (args.dit, args.vae, args.vae_mean, args.vae_std):
+    for path in (args.dit, args.vae, args.vae_mean, args.vae_std, args.render):
         if path is not None and not path.is_file():
             raise UserError(f"file not found: {path}")
     if args.dit is not None:
@@ -81,4 +84,9 @@ def _convert_avatarartist(args: argparse.Namespace) -> int:
         except ValueError as exc:  # statistics of an unexpected shape
             raise UserError(str(exc)) from None
         print(f"wrote {info.path} (triplane VAE)")
+    if args.render is not None:
+        from avatar4d.models.renderer.convert import convert_released_renderer
+
+        info = convert_released_renderer(args.render, args.out / "renderer", preset=args.preset)
+        print(f"wrote {info.path} (motion-aware renderer)")
     return 0
