@@ -34,6 +34,8 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("avatar4d.commands.convert", "convert released checkpoints (Next3D++ .pkl, AvatarArtist DiT/VAE) "
                                              "to avatar4d format"),
     "track": ("avatar4d.commands.track", "track a portrait or video: cameras, head-model coefficients, landmarks"),
+    "create": ("avatar4d.commands.create", "make a drivable avatar from one portrait (DiT sampling, VAE decode)"),
+    "animate": ("avatar4d.commands.animate", "drive an avatar by a video, coefficients or a preset; write an MP4"),
     "eval": ("avatar4d.commands.evaluate", "AvatarArtist's table-1 metrics (not built yet)"),
 }
 QUIET_MODULES = r"(torch|torchvision|deepspeed|ray|mlflow|pydantic|lance|open_clip|timm)(\.|$)"
@@ -128,6 +130,10 @@ def configure_logging(verbose: int) -> None:
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from avatar4d.storage import RedactingFilter  # AWS keys never reach a log line
+
+    for log_handler in logging.getLogger().handlers:
+        log_handler.addFilter(RedactingFilter())
     if verbose == 0:  # third-party chatter (deprecations, fork-safety notes, "creating tables") only with -v
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -156,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(exc) if isinstance(exc, UserError) else f"{exc.strerror or exc}: {exc.filename}"
-        print(f"avatar4d: error: {message}", file=sys.stderr)
+        from avatar4d.storage import redact
+
+        print(f"avatar4d: error: {redact(message)}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("avatar4d: interrupted", file=sys.stderr)

@@ -100,11 +100,13 @@ def render_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_dataset_card(config: FactoryConfig) -> Path:
-    """Write both card files into ``config.out``; return the Markdown one."""
+def write_dataset_card(config: FactoryConfig) -> str:
+    """Write both card files into ``config.out`` (a folder or an object-store URI); return the
+    Markdown one's path."""
+    from avatar4d import storage
+
     card = build_card(config)
-    out = Path(config.out)
-    (out / CARD_JSON).write_text(json.dumps(card, indent=2, sort_keys=True))
-    path = out / CARD_MD
-    path.write_text(render_markdown(card))
+    storage.write_text(storage.join(config.out, CARD_JSON), json.dumps(card, indent=2, sort_keys=True))
+    path = storage.join(config.out, CARD_MD)
+    storage.write_text(path, render_markdown(card))
     return path

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser("status", help="rows per domain and set, bytes, versions, committed chunks",
                                  description="Summarise the Lance datasets of a factory output folder.")
-    status.add_argument("dir", type=Path, help="the factory output folder (holds pairs.lance, multiview.lance)")
+    status.add_argument("dir", help="the factory output folder (holds pairs.lance, multiview.lance) or its "
+                        "s3://bucket/prefix (AWS_* environment variables: credentials, region, AWS_ENDPOINT_URL)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     status.set_defaults(handler=_status)
 
@@ -87,8 +88,11 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--recipe", default="tiny", choices=["tiny", "paper"],
                      help="tiny (default): the embedded default, a few domains × a few dozen samples; "
                           "paper: 28 domains × 20,000 pairs + multiview sets")
-    run.add_argument("--out", type=Path, default=Path("data"),
-                     help="output folder of the Lance datasets (default: ./data)")
+    run.add_argument("--out", default="data",
+                     help="output folder of the Lance datasets (default: ./data), or s3://bucket/prefix on object "
+                          "storage: credentials, region and endpoint from the standard AWS_* environment variables "
+                          "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL for an "
+                          "S3-compatible server); see cluster/README.md")
     run.add_argument("--domains", nargs="+", default=None, metavar="DOMAIN",
                      help="domains to generate (default: the recipe's); see `avatar4d factory domains`")
     run.add_argument("--domains-file", type=Path, default=None,
@@ -165,7 +169,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     if args.keep_versions_days is not None and args.keep_versions_days < 0:
         raise UserError(f"--keep-versions-days must be >= 0, got {args.keep_versions_days}")
-    if args.out.exists() and not args.out.is_dir():
+    from avatar4d import storage
+
+    storage.check_uri(args.out, "--out")
+    if not storage.is_remote(args.out) and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
     config = build_config(args)
     from factory.pipeline import FactoryError, run_factory
@@ -187,6 +194,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_location(text: str) -> str | Path:
+    """A local factory folder (:func:`_existing_dir`) or an object-store URI holding a dataset."""
+    from avatar4d import storage
+    from factory.sink import has_versions
+
+    if not storage.is_remote(text):
+        return _existing_dir(Path(text))
+    uri = storage.check_uri(text, "folder")
+    if not any(has_versions(f"{uri}/{table}.lance") for table in ("pairs", "multiview", "encoded")):
+        raise UserError(f"{uri} holds no factory dataset (no pairs.lance, multiview.lance or encoded.lance)")
+    return uri
+
+
 def _existing_dir(path: Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such folder")
@@ -200,7 +220,7 @@ def _existing_dir(path: Path) -> Path:
 def _status(args: argparse.Namespace) -> int:
     from factory.inspect import format_status, status
 
-    report = status(_existing_dir(args.dir))
+    report = status(_existing_location(args.dir))
     print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 

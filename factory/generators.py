@@ -10,10 +10,17 @@ for the run and saved once into the cache folder, of the run's ``kind``:
 Stages load every kind through :func:`avatar4d.generators.load_generator_checkpoint`. Made
 checkpoints depend only on the domain name, kind and preset: the same name gives bit-identical
 weights (and the same ``weights_sha256``) on every machine with the same torch version.
+
+The cache (and a catalog's checkpoint) may be on object storage (``s3://…``, the factory's default
+when ``--out`` is a bucket): a worker uses its node's local copy (under
+:func:`~factory.inspect.cache_root`), downloads the stored checkpoint when there is one, else makes
+it locally and uploads it, ``checkpoint.json`` last (readers wait for it, so they never take half
+a checkpoint; two nodes making the same domain upload identical bytes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -24,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from avatar4d import storage
 from avatar4d.checkpoint.io import CheckpointError, CheckpointInfo, read_checkpoint_info
 from avatar4d.errors import UserError
 from avatar4d.generators import GENERATOR_KINDS, generator_kind
@@ -37,6 +45,7 @@ from factory.stages.common import fixed_threads
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_ORIGIN = "random-init"
+CHECKPOINT_MARKER = "checkpoint.json"  # written last: a checkpoint folder is complete when it exists
 W_AVG_SAMPLES = 1024
 
 
@@ -97,7 +106,56 @@ def build_world_generator(name: str, preset: str = "tiny") -> ProceduralWorldGen
     return ProceduralWorldGenerator(WORLD_PRESETS.get(preset, style=style_for_domain(name))).eval()
 
 
-def ensure_domain_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny", kind: str = "gan") -> Path:
+def ensure_domain_generator(domain: DomainSpec, cache_dir: str | Path, preset: str = "tiny",
+                            kind: str = "gan") -> Path:
+    """The local checkpoint folder of ``domain``'s generator; ``cache_dir`` (or the domain's
+    checkpoint) may be an object-store URI (see the module docstring), else see
+    :func:`ensure_local_generator`."""
+    if domain.generator_checkpoint and storage.is_remote(domain.generator_checkpoint):
+        local = _mirror(storage.check_uri(domain.generator_checkpoint, f"domain {domain.name}: checkpoint"))
+        return ensure_local_generator(dataclasses.replace(domain, generator_checkpoint=str(local)), Path(local),
+                                      preset, kind)
+    if domain.generator_checkpoint or not storage.is_remote(cache_dir):
+        return ensure_local_generator(domain, Path(cache_dir), preset, kind)
+    remote = storage.join(storage.check_uri(cache_dir, "generator cache"), domain.name)
+    if storage.exists(storage.join(remote, CHECKPOINT_MARKER)):
+        local = _mirror(remote)
+        _check_existing(local, domain, preset, kind)
+        return local
+    local = ensure_local_generator(domain, _mirror_root(str(cache_dir)), preset, kind)
+    storage.upload_dir(local, remote, last=CHECKPOINT_MARKER)
+    logger.info("uploaded the %s %s generator of domain %s to %s", preset, kind, domain.name, remote)
+    return local
+
+
+def _mirror_root(uri: str) -> Path:
+    """This node's folder for local copies of the checkpoints under ``uri``."""
+    from factory.inspect import cache_root
+
+    return cache_root() / "generators" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+
+
+def _mirror(uri: str) -> Path:
+    """A local copy of the checkpoint folder ``uri`` (downloaded once per node into a staging folder
+    and renamed into place, like :func:`ensure_local_generator`)."""
+    parent, name = storage.parent(uri), uri.rstrip("/").rsplit("/", 1)[1]
+    target = _mirror_root(parent) / name
+    if (target / CHECKPOINT_MARKER).is_file():
+        return target
+    if not storage.exists(storage.join(uri, CHECKPOINT_MARKER)):
+        raise GeneratorCheckpointError(f"generator checkpoint not found: {uri} (no {CHECKPOINT_MARKER})")
+    staging = target.parent / f".{name}.{uuid.uuid4().hex}.staging"
+    storage.download_dir(uri, staging)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another worker of this node downloaded it first
+        if not target.is_dir():
+            raise
+    return target
+
+
+def ensure_local_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny", kind: str = "gan") -> Path:
     """The checkpoint folder of ``domain``'s generator, creating the run's one if needed.
 
     ``domain.generator_checkpoint`` must exist when set (any kind). Otherwise ``cache_dir/<name>``

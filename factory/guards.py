@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from avatar4d import storage
 from avatar4d.data.schema import TABLES, dataset_uri
 from avatar4d.errors import UserError
 from factory.fingerprint import build_fingerprint, check_fingerprint, read_fingerprint
-from factory.sink import data_files_on_disk, open_dataset
+from factory.inspect import STATE_DIR
+from factory.sink import data_files_on_disk, has_versions, open_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from factory.recipes import FactoryConfig
@@ -27,9 +29,10 @@ def check_tables_present(out: str, state: Path) -> None:
     """Refuse a folder whose committed table lost its manifests while data files remain (they would
     otherwise be deleted as orphans and regenerated), or whose data files are missing or truncated
     (:func:`factory.verify.quick_check`); warn loudly when a committed table is gone."""
-    last_run = state / "last-run.json"
+    last_run = storage.join(out, STATE_DIR, "last-run.json") if storage.is_remote(out) else state / "last-run.json"
     try:
-        recorded = json.loads(last_run.read_text()).get("rows_total", {}) if last_run.is_file() else {}
+        text = storage.read_text(last_run)
+        recorded = json.loads(text).get("rows_total", {}) if text else {}
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         recorded = {}
     from factory.sink import DatasetDamagedError, damaged_message
@@ -37,7 +40,7 @@ def check_tables_present(out: str, state: Path) -> None:
 
     for table in TABLES:
         uri = dataset_uri(out, table)
-        if (Path(uri) / "_versions").is_dir():
+        if has_versions(uri):
             dataset = open_dataset(uri)
             problems = quick_check(dataset) if dataset is not None else []
             if problems:

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from avatar4d import storage
 from avatar4d.data.schema import MULTIVIEW, PAIRS, TABLES, dataset_uri, schema_metadata
 from avatar4d.errors import UserError
 from factory.preview import plane_channels_rgb, preview
 
-__all__ = ["STATE_DIR", "committed_chunks", "compact", "format_status", "plane_channels_rgb", "preview",
-           "row_counts", "run_lock", "status", "write_json"]
+__all__ = ["STATE_DIR", "committed_chunks", "compact", "format_status", "local_state_dir", "plane_channels_rgb",
+           "preview", "row_counts", "run_lock", "status", "write_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def status(out: str | Path) -> dict[str, Any]:
     from factory.sink import data_files_on_disk, dataset_bytes, open_dataset
     from factory.verify import quick_check
 
-    out = Path(out)
+    out = str(out) if storage.is_remote(out) else Path(out)
     report: dict[str, Any] = {"out": str(out), "tables": {}, "vanished": {}}
     for table in (*TABLES, ENCODED):
         uri = f"{str(out).rstrip('/')}/{table}.lance"
@@ -76,9 +77,9 @@ def status(out: str | Path) -> dict[str, Any]:
             "fingerprint": fingerprint,
             "damaged": quick_check(dataset),
         }
-    path = out / STATE_DIR / "last-run.json"
-    if path.is_file():
-        report["last_run"] = json.loads(path.read_text())
+    last_run = storage.read_text(storage.join(out, STATE_DIR, "last-run.json"))
+    if last_run:
+        report["last_run"] = json.loads(last_run)
     return report
 
 
@@ -128,6 +129,24 @@ def format_status(report: dict[str, Any]) -> str:
 
 
 # ---- the output folder's state (used by the pipeline) ---------------------------------------
+
+
+def local_state_dir(out: str | Path) -> Path:
+    """The folder of a run's local state (run lock, ``ray-local.json``, ``last-run.json``): ``<out>/.factory``
+    for a local ``out``; for an object-store URI a folder on this machine named by the URI's hash
+    under ``$AVATAR4D_CACHE_DIR`` (default ``~/.cache/avatar4d``)/``factory-state`` (the run also
+    copies ``last-run.json`` to ``<out>/.factory/`` on the store)."""
+    if not storage.is_remote(out):
+        return Path(out) / STATE_DIR
+    import hashlib
+
+    digest = hashlib.sha256(str(out).rstrip("/").encode()).hexdigest()[:16]
+    return cache_root() / "factory-state" / digest
+
+
+def cache_root() -> Path:
+    """This machine's avatar4d cache: ``$AVATAR4D_CACHE_DIR``, else ``~/.cache/avatar4d``."""
+    return Path(os.environ.get("AVATAR4D_CACHE_DIR") or Path.home() / ".cache" / "avatar4d").expanduser()
 
 
 def committed_chunks(out: str) -> dict[str, set[str]]:
@@ -183,10 +202,10 @@ def compact(out: str | Path, *, keep_versions_days: float | None = None) -> dict
     keep = DEFAULT_KEEP_VERSIONS_DAYS if keep_versions_days is None else keep_versions_days
     from factory.sink import LanceCommitter, open_dataset, stored_schema
 
-    out = Path(out)
+    state = local_state_dir(out)
     results = {}
-    (out / STATE_DIR).mkdir(exist_ok=True)
-    with run_lock(out / STATE_DIR / "run.lock"):
+    state.mkdir(parents=True, exist_ok=True)
+    with run_lock(state / "run.lock"):
         for table in TABLES:
             uri = dataset_uri(str(out), table)
             dataset = open_dataset(uri)

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import ray
 
+from avatar4d import storage
 from avatar4d.data.schema import MULTIVIEW, PAIRS, TABLES, dataset_uri
 from avatar4d.errors import UserError
 from factory.card import write_dataset_card
@@ -62,7 +63,7 @@ from factory.fingerprint import (
     read_fingerprint,
 )
 from factory.guards import check_stored_fingerprints, check_tables_present, fingerprint_before_start
-from factory.inspect import STATE_DIR, committed_chunks, row_counts, run_lock, write_json
+from factory.inspect import STATE_DIR, committed_chunks, local_state_dir, row_counts, run_lock, write_json
 from factory.progress import ProgressBars, StartupStatus
 from factory.ray_session import check_reachable, ray_session, resolve_address
 from factory.recipes import FactoryConfig
@@ -139,8 +140,7 @@ class DomainWorker:
 
         torch.set_num_threads(config.actor_threads)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        checkpoint = ensure_domain_generator(domain, Path(cache_dir), config.generator_preset,
-                                                 config.generator_kind)
+        checkpoint = ensure_domain_generator(domain, cache_dir, config.generator_preset, config.generator_kind)
         self.stages: dict[str, Any] = {}
         if config.samples_per_domain > 0:
             self.stages[PAIRS] = SynthesizeStage(domain.name, checkpoint, config.synthesize.replace(device=device))
@@ -198,20 +198,17 @@ def run_factory(config: FactoryConfig, *, address: str | None = None, num_cpus: 
     running cluster. ``keep_versions_days``: old Lance versions younger than this are kept.
     ``restart_timeout_s``: how long a dead actor may take to come back before the run fails."""
     started = time.perf_counter()
-    if "://" in config.out:
-        raise UserError(f"--out {config.out}: give a folder (on a cluster: a shared file system mounted on every "
-                        "node); object-store URIs are not supported")
+    storage.check_uri(config.out, "--out")  # a folder or s3://bucket/prefix (one-line error otherwise)
     config = _absolute_paths(config)  # workers may run elsewhere (another cwd, another node)
     address = resolve_address(address)
     plan = ChunkPlan(tuple(config.domains), config.samples_per_domain, config.multiview_identities,
                      config.chunk_size, config.multiview_chunk_size, config.run_seed)  # validates the sizes
     domains = _resolve_domains(config, local=address is None)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    if not storage.is_remote(config.out) and Path(config.out).exists() and not Path(config.out).is_dir():
+        raise UserError(f"--out {config.out} exists and is not a folder")
     if address is not None:
         check_reachable(address)  # before anything is created on disk
-    created = _create_state(out)
+    created = _create_state(config.out)
     try:
         return _run(config, plan, domains, address, num_cpus, progress, on_commit, keep_versions_days,
                     restart_timeout_s, started)
@@ -223,8 +220,8 @@ def run_factory(config: FactoryConfig, *, address: str | None = None, num_cpus: 
 def _run(config: FactoryConfig, plan: ChunkPlan, domains: list[Any], address: str | None, num_cpus: int | None,
          progress: bool, on_commit: Callable[[CommitEvent], None] | None, keep_versions_days: float,
          restart_timeout_s: float, started: float) -> RunSummary:
-    out = Path(config.out)
-    state = out / STATE_DIR
+    out = config.out
+    state = local_state_dir(out)
     # a local Ray gets at least the CPUs its actors ask for (they time-share the cores)
     wanted = len(domains) * config.actors_per_domain * config.num_cpus_per_actor
     local_cpus = max(num_cpus or os.cpu_count() or 1, math.ceil(wanted))
@@ -233,13 +230,13 @@ def _run(config: FactoryConfig, plan: ChunkPlan, domains: list[Any], address: st
         done = committed_chunks(config.out)
         check_stored_fingerprints(config, fingerprint_before_start(config, domains), done)
         if not any(chunk.chunk_id not in done.get(chunk.table, ()) for chunk in plan):
-            summary = RunSummary(out=str(out), ray_address="", domains=list(config.domains),
+            summary = RunSummary(out=out, ray_address="", domains=list(config.domains),
                                  planned_chunks=len(plan), skipped_chunks=len(plan))
             return _finish(summary, state, config, started)
         status = stack.enter_context(StartupStatus("factory run", enabled=progress))
         status.phase("ray", "starting Ray" if address is None else f"connecting to Ray at {address}")
         ray_address = stack.enter_context(ray_session(address, local_cpus, state))
-        summary = RunSummary(out=str(out), ray_address=ray_address, domains=list(config.domains))
+        summary = RunSummary(out=out, ray_address=ray_address, domains=list(config.domains))
         if address is None:
             _record_local_ray(state / "ray-local.json")
         status.phase("workers", f"starting {len(domains) * config.actors_per_domain} workers (loading generators)")
@@ -304,6 +301,9 @@ def _finish(summary: RunSummary, state: Path, config: FactoryConfig, started: fl
     summary.rows_total = row_counts(config.out)
     summary.seconds = time.perf_counter() - started
     write_json(state / "last-run.json", summary.to_dict())
+    if storage.is_remote(config.out):  # where `factory status` and the next run's guards read it
+        storage.write_text(storage.join(config.out, STATE_DIR, "last-run.json"),
+                           json.dumps(summary.to_dict(), indent=2, sort_keys=True))
     try:
         write_dataset_card(config)
     except Exception as error:  # noqa: BLE001 - the card is documentation: never fail a finished run on it
@@ -311,11 +311,14 @@ def _finish(summary: RunSummary, state: Path, config: FactoryConfig, started: fl
     return summary
 
 
-def _create_state(out: Path) -> list[Path]:
-    """Create ``<out>/.factory``; return what did not exist before (removed again if the run fails
-    before committing anything)."""
-    created = [path for path in (out, out / STATE_DIR) if not path.exists()]
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+def _create_state(out: str) -> list[Path]:
+    """Create the run's state folder (``<out>/.factory``, or a local one for an object-store ``out``:
+    :func:`~factory.inspect.local_state_dir`); return what did not exist before (removed again if
+    the run fails before committing anything)."""
+    state = local_state_dir(out)
+    candidates = (state,) if storage.is_remote(out) else (Path(out), state)
+    created = [path for path in candidates if not path.exists()]
+    state.mkdir(parents=True, exist_ok=True)
     return created
 
 
@@ -358,7 +361,8 @@ def _resolve_domains(config: FactoryConfig, *, local: bool) -> list[Any]:
     catalog = load_domains(config.domains_file)
     domains = [catalog.get(name) for name in config.domains]
     for domain in domains:  # on a cluster the path is checked by the worker, on its node
-        if local and domain.generator_checkpoint and not Path(domain.generator_checkpoint).expanduser().is_dir():
+        checkpoint = domain.generator_checkpoint
+        if local and checkpoint and not storage.is_remote(checkpoint) and not Path(checkpoint).expanduser().is_dir():
             raise UserError(f"domain {domain.name}: generator checkpoint not found: {domain.generator_checkpoint}")
     return domains
 

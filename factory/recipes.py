@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 
 from avatar4d.config import Config, ConfigError
 from factory.stages import MultiviewConfig, SynthesizeConfig
@@ -84,7 +83,9 @@ class FactoryConfig(Config):
     def default_generator_cache(self) -> str:
         """Where made per-domain generators go when ``generator_cache`` is unset."""
         folder = self.generator_preset if self.generator_kind == "gan" else f"world-{self.generator_preset}"
-        return str(Path(self.out) / "generators" / folder)
+        from avatar4d.storage import join  # a folder or an object-store URI alike
+
+        return join(self.out, "generators", folder)
 
     @property
     def actor_threads(self) -> int:

@@ -24,8 +24,14 @@ version keeps reading it; older versions are dropped through Lance's ``cleanup_o
 Damage: a dataset that cannot be opened or scanned raises :class:`DatasetDamagedError`, one line
 without Lance's source paths, pointing at ``avatar4d factory verify``.
 
+Object storage (``s3://``): every Lance call gets :func:`avatar4d.storage.storage_options` (endpoint,
+region; the keys come from the environment), and file listing and deletion go through
+:mod:`avatar4d.storage` (pyarrow's S3 filesystem). Lance commits a version with a conditional PUT,
+so a manifest is never half visible; orphan clean-up lists ``data/`` instead of a folder walk.
+
 Concurrency: every mutating call holds a lock file next to the dataset (``<uri>.commit.lock``,
-``fcntl.flock``; local paths only) plus a thread lock, so several committers on one path (threads
+``fcntl.flock``; local paths only — on object storage one driver commits, see cluster/README.md)
+plus a thread lock, so several committers on one path (threads
 or processes) serialise and each re-reads the ledger under the lock: all their chunks land, none
 twice. Orphan cleanup must not run while actors are still writing (their fresh files are not yet
 referenced): call it before launching actors and after the last commit, or pass ``min_age_s``.
@@ -51,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import FragmentMetadata
 
+from avatar4d import storage
 from avatar4d.data.schema import check_compatible
 from avatar4d.errors import UserError
 from factory.messages import clean_error
@@ -89,7 +96,7 @@ def write_fragments(uri: str | Path, batch: pa.RecordBatch | pa.Table, schema: p
         return []
     fragments = lance.fragment.write_fragments(
         table, str(uri), schema=schema, max_rows_per_file=max_rows_per_file,
-        data_storage_version=data_storage_version)
+        data_storage_version=data_storage_version, storage_options=storage.storage_options(uri))
     return [json.dumps(fragment.to_json()) for fragment in fragments]
 
 
@@ -117,7 +124,7 @@ def open_dataset(uri: str | Path, version: int | None = None) -> lance.LanceData
     if _is_local(str(uri)) and not (_local_path(uri) / "_versions").is_dir():
         return None
     try:
-        return lance.dataset(str(uri), version=version)
+        return lance.dataset(str(uri), version=version, storage_options=storage.storage_options(uri))
     except ValueError as error:  # lance reports a missing dataset as ValueError("... was not found")
         if "not found" in str(error).lower() and version is None:
             return None
@@ -127,7 +134,7 @@ def open_dataset(uri: str | Path, version: int | None = None) -> lance.LanceData
 
 
 def damaged_message(uri: str | Path, error: BaseException | str) -> str:
-    out = _local_path(uri).parent
+    out = storage.parent(uri) if storage.is_remote(uri) else _local_path(uri).parent
     return (f"{uri} is damaged ({clean_error(error)}); run `avatar4d factory verify {out}` to see what, "
             f"`avatar4d factory repair {out}` to remove it")
 
@@ -141,8 +148,17 @@ def read_chunk_ids(dataset: lance.LanceDataset) -> set[str]:
     return set(pc.unique(column).to_pylist()) - {None}
 
 
+def has_versions(uri: str | Path) -> bool:
+    """Whether the dataset at ``uri`` has version manifests (``_versions/``), without opening it."""
+    if storage.is_remote(uri):
+        return storage.exists(storage.join(uri, "_versions"))
+    return (_local_path(uri) / "_versions").is_dir()
+
+
 def data_files_on_disk(uri: str | Path) -> int:
-    """Lance data files under a local dataset's ``data/`` (committed or not)."""
+    """Lance data files under a dataset's ``data/`` (committed or not)."""
+    if storage.is_remote(uri):
+        return sum(1 for name in storage.list_files(storage.join(uri, "data")) if name.endswith(".lance"))
     data = _local_path(uri) / "data"
     return sum(1 for _ in data.glob("*.lance")) if data.is_dir() else 0
 
@@ -226,7 +242,8 @@ class LanceCommitter:
             if dataset is None:
                 dataset = self._create_empty()
             operation = lance.LanceOperation.Append(fragments)
-            new_dataset = lance.LanceDataset.commit(dataset, operation, read_version=dataset.version)
+            new_dataset = lance.LanceDataset.commit(dataset, operation, read_version=dataset.version,
+                                                    storage_options=storage.storage_options(self.uri))
             rows = sum(fragment.physical_rows for fragment in fragments)
             expected_version = dataset.version + 1
             if new_dataset.version == expected_version:
@@ -248,7 +265,7 @@ class LanceCommitter:
         only they reference. Files younger than ``min_age_s`` are kept. Do not run it while actors
         may still be writing fragments for this dataset."""
         if not _is_local(self.uri):
-            raise UserError(f"orphan cleanup supports local datasets only, got {self.uri}")
+            return self._cleanup_remote_orphans(min_age_s, prune_old_versions, keep_versions_days)
         with self._locked():
             data_dir = _local_path(self.uri) / "data"
             if not data_dir.is_dir():
@@ -313,6 +330,30 @@ class LanceCommitter:
 
     # ---- internals ----------------------------------------------------------------------------
 
+    def _cleanup_remote_orphans(self, min_age_s: float, prune_old_versions: bool, keep_versions_days: float) -> int:
+        """:meth:`cleanup_orphans` on object storage: Lance prunes old versions (and, with no age
+        limit, every unreferenced file); then objects under ``data/`` that no kept version
+        references (blob sidecars included) and older than ``min_age_s`` are deleted by listing."""
+        with self._locked():
+            data_uri = storage.join(self.uri, "data")
+            before = {name for name in storage.list_files(data_uri) if "/" not in name and name.endswith(".lance")}
+            dataset = open_dataset(self.uri)
+            if dataset is not None and prune_old_versions:
+                self._prune_versions(dataset, keep_versions_days, delete_unverified=min_age_s <= 0)
+                dataset = open_dataset(self.uri)
+            kept = {Path(path).stem for path in referenced_by_kept_versions(dataset)}
+            now, removed_bytes = time.time(), 0
+            for name, (size, mtime) in storage.list_files(data_uri).items():
+                stem = name.split("/", 1)[0].removesuffix(".lance")
+                if stem in kept or now - mtime < min_age_s:
+                    continue
+                removed_bytes += size
+                storage.delete(storage.join(data_uri, name))
+            after = {name for name in storage.list_files(data_uri) if "/" not in name and name.endswith(".lance")}
+            removed = len(before - after)
+            logger.info("removed %d orphan data files (%d bytes) from %s", removed, removed_bytes, self.uri)
+            return removed
+
     @staticmethod
     def _prune_versions(dataset: lance.LanceDataset, keep_versions_days: float, *,
                         delete_unverified: bool = False) -> int:
@@ -341,19 +382,26 @@ class LanceCommitter:
         column follows a blob column; ``write_dataset`` assigns them the way ``write_fragments`` does.
         A crash right after this leaves an empty dataset, which the next commit appends to."""
         empty = pa.Table.from_batches([], schema=self.schema)
-        return lance.write_dataset(empty, self.uri, schema=self.schema, mode="create")
+        return lance.write_dataset(empty, self.uri, schema=self.schema, mode="create",
+                                   storage_options=storage.storage_options(self.uri))
 
     def _verify_fragment_chunks(self, fragments: list[FragmentMetadata], expected: set[str]) -> None:
         found: set[str] = set()
         for path in _fragment_paths(fragments):
-            reader = lance.file.LanceFileReader(f"{self.uri}/data/{path}", columns=[CHUNK_ID])
+            reader = lance.file.LanceFileReader(f"{self.uri}/data/{path}", columns=[CHUNK_ID],
+                                                storage_options=storage.storage_options(self.uri))
             found |= set(pc.unique(reader.read_all().to_table().column(CHUNK_ID)).to_pylist())
         if found != expected:
             raise ValueError(f"the fragments hold chunks {sorted(found)[:5]}, the commit names {sorted(expected)[:5]}")
 
     def _delete_files(self, paths: set[str]) -> int:
         if not _is_local(self.uri):
-            return 0  # left for cleanup on object stores
+            data_uri = storage.join(self.uri, "data")
+            removed = 0
+            for path in paths:
+                removed += storage.delete(storage.join(data_uri, path))
+                storage.delete(storage.join(data_uri, Path(path).stem))  # blob sidecar prefix, if any
+            return removed
         data_dir = _local_path(self.uri) / "data"
         removed = 0
         for path in paths:
@@ -398,7 +446,9 @@ def referenced_by_kept_versions(dataset: lance.LanceDataset | None) -> set[str]:
 
 
 def dataset_bytes(uri: str | Path) -> int:
-    """Bytes on disk under a local dataset folder (data, manifests, transactions)."""
+    """Bytes stored under a dataset (data, manifests, transactions), local or on object storage."""
+    if storage.is_remote(uri):
+        return storage.tree_bytes(uri)
     root = _local_path(uri)
     return _tree_bytes(root) if root.exists() else 0
 

@@ -3,7 +3,7 @@
 The solvers are diffusers' (``set_timesteps``/``step``): ``DPMSolverMultistepScheduler`` in
 DPM-Solver++ mode (the paper's 19 steps), ``DDIMScheduler`` (η = 0) and ``DDPMScheduler`` with
 IDDPM's ``learned_range`` variance. Each is configured from the training :class:`DiffusionConfig`
-(linear betas, 1000 steps, ε-prediction, no clipping of x̂_0: latents are not bounded).
+(linear betas, 1000 steps, ε- or v-prediction as it says, no clipping of x̂_0: latents are not bounded).
 diffusers is imported inside the functions so ``avatar4d`` imports with torch alone.
 
 Timestep spacing: DPM-Solver++ uses diffusers' default ``linspace`` (999 … down to the last
@@ -68,7 +68,7 @@ def make_scheduler(name: str, diffusion: DiffusionConfig | None = None, *, learn
         beta_start=beta_start,
         beta_end=beta_end,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type=diffusion.prediction_type,
     )
     import diffusers  # lazy: the core package must import without diffusers
 
