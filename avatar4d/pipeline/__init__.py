@@ -10,9 +10,12 @@ from avatar4d.pipeline.checkpoints import PipelineCheckpoints, resolve_checkpoin
 from avatar4d.pipeline.config import PIPELINE_PRESETS, PipelineConfig
 from avatar4d.pipeline.driving import PRESETS, DrivingSequence, from_arrays, from_file, from_video, preset_sequence
 from avatar4d.pipeline.images import InvalidImageError, decode_image, encode_png
-from avatar4d.pipeline.pipeline import AvatarPipeline, RenderJob, to_uint8
+from avatar4d.pipeline.pipeline import AvatarPipeline, make_job
+from avatar4d.pipeline.stages import FrameStage, PortraitStage, RenderJob, TriplaneSampler, to_uint8
 
-__all__ = ["PIPELINE_PRESETS", "PRESETS", "Avatar", "AvatarPipeline", "DrivingSequence", "InvalidImageError",
-           "PipelineCheckpoints", "PipelineConfig", "RenderJob", "cameras_from_degrees", "decode_image", "encode_png",
-           "from_arrays", "from_file", "from_video", "parse_camera", "preset_sequence", "resolve_checkpoints",
-           "to_uint8", "turntable"]
+__all__ = [
+    "PIPELINE_PRESETS", "PRESETS", "Avatar", "AvatarPipeline", "DrivingSequence", "FrameStage", "InvalidImageError",
+    "PipelineCheckpoints", "PipelineConfig", "PortraitStage", "RenderJob", "TriplaneSampler", "cameras_from_degrees",
+    "decode_image", "encode_png", "from_arrays", "from_file", "from_video", "make_job", "parse_camera",
+    "preset_sequence", "resolve_checkpoints", "to_uint8", "turntable",
+]
