@@ -27,6 +27,13 @@ TASK_HELP = {
             "(<data>/encoded.lance): IDDPM objective with learned variance, condition dropout 0.1, EMA. "
             "DeepSpeed ZeRO on Ray Train workers, checkpoints in <storage>/<run-name>, metrics, sample grids "
             "and the registered model in MLflow."),
+    "renderer": ("train the motion-aware renderer on <data>/multiview.lance",
+                 "Train the motion-aware renderer and its motion encoder on the factory's multiview sets (source "
+                 "and target: two views / expressions of one identity): LPIPS + L1 on final and raw image, L1 on "
+                 "rendering features, 0.1 L1 triplane, depth, opacity, and after loss.freeze_images images 0.01 "
+                 "adversarial (dual discriminator, R1, density regulariser) with the decoder and super-resolution "
+                 "unfrozen. Initialised from the domain generator's decoder + SR. DeepSpeed on Ray Train workers, "
+                 "checkpoints in <storage>/<run-name>, metrics and source|driving|output|truth grids in MLflow."),
 }
 
 
@@ -41,11 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if task == "vae":
             parser.add_argument("--lpips-backbone", type=Path, default=None, metavar="PATH",
                                 help="local torchvision weights of the LPIPS trunk (needed by --recipe paper)")
-        else:
+        elif task == "dit":
             parser.add_argument("--vae-checkpoint", type=Path, default=None, metavar="DIR",
                                 help="the VAE of the dataset's latents: sample grids then show renders too")
-        parser.add_argument("--generators", type=Path, nargs="+", default=None, metavar="DIR",
-                            help="folders holding the domains' generator checkpoints (default: <data>/generators)")
+        if task == "renderer":
+            parser.add_argument("--init-generator", type=Path, default=None, metavar="DIR",
+                                help="domain generator checkpoint whose decoder + SR start the renderer "
+                                     "(default: the generator of the dataset's first row)")
+        else:
+            parser.add_argument("--generators", type=Path, nargs="+", default=None, metavar="DIR",
+                                help="folders holding the domains' generator checkpoints (default: <data>/generators)")
         parser.set_defaults(handler=_train, task=task)
 
 
@@ -125,6 +137,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
     if args.task == "vae":
         from train.vae.recipes import get_recipe
+    elif args.task == "renderer":
+        from train.renderer.recipes import get_recipe
     else:
         from train.dit.recipes import get_recipe
     config = load_config_file(args.config, args.task) if getattr(args, "config", None) else get_recipe(args.recipe)
@@ -140,7 +154,9 @@ def build_config(args: argparse.Namespace) -> Any:
         overrides["loss.lpips_backbone"] = str(args.lpips_backbone)
     if getattr(args, "vae_checkpoint", None) is not None:
         overrides["vae_checkpoint"] = str(args.vae_checkpoint)
-    if args.generators:
+    if getattr(args, "init_generator", None) is not None:
+        overrides["init_generator"] = str(args.init_generator)
+    if getattr(args, "generators", None):
         key = "loss.generators" if args.task == "vae" else "generators"
         overrides[key] = [str(p) for p in args.generators]
     overrides.update(parse_overrides(args.overrides))

@@ -26,6 +26,7 @@ from train.data import DatasetInfo
 TASKS: dict[str, tuple[str, str, str]] = {
     "vae": ("train.vae.task", "VAETask", "VAETrainConfig"),
     "dit": ("train.dit.task", "DiTTask", "DiTTrainConfig"),
+    "renderer": ("train.renderer.task", "RendererTask", "RendererTrainConfig"),
 }
 
 

@@ -115,7 +115,7 @@ def test_the_full_size_release_converts_through_the_cli_and_loads_into_the_paper
     aliases = [tuple(pair) for pair in manifest["state_dict_aliases"]]
     tensors = [(name, shape) for name, shape in manifest["tensors"]]
     marker = tmp_path / "module_src_ran"
-    expected = build_renderer_pickle(tmp_path / "render.pkl", tensors, [(b, a) for a, b in aliases], marker=marker)
+    expected = build_renderer_pickle(tmp_path / "render.pkl", tensors, aliases, marker=marker)
     assert main(["convert", "avatarartist", "--render", str(tmp_path / "render.pkl"), "--out",
                  str(tmp_path / "ckpt")]) == 0
     assert "motion-aware renderer" in capsys.readouterr().out and not marker.exists()
