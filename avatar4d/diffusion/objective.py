@@ -6,7 +6,8 @@ PixArt, which AvatarArtist builds on):
 
 - the network sees ``x_t`` and ``t`` and returns ``[B, 2C, ...]``: ε̂ followed by the variance
   values v (``learned_range``, see :meth:`GaussianSchedule.learned_range_log_variance`);
-- ``mse = mean((ε - ε̂)²)`` per sample;
+- ``mse = mean((ε - ε̂)²)`` per sample (``mean((v - v̂)²)`` with ``prediction_type="v_prediction"``,
+  whose ε̂ for the bound is ``√ᾱ_t v̂ + √(1 − ᾱ_t) x_t``);
 - ``vb`` is the per-timestep bound ``L_t`` in bits per dimension computed with the *frozen* mean
   (ε̂ detached, IDDPM's ``frozen_out``) so it only trains the variance: the KL between the true
   posterior ``q(x_{t-1} | x_t, x_0)`` and ``p(x_{t-1} | x_t)`` for ``t > 0``, the decoder NLL
@@ -170,8 +171,13 @@ class IDDPMObjective:
         x0_f, noise_f = x0.float(), noise.to(device=x0.device, dtype=torch.float32)
         x_t = self.schedule.q_sample(x0_f, t, noise_f)  # [B, C, ...]
         out = model_fn(x_t.to(x0.dtype), t, **dict(model_kwargs or {}))  # [B, 2C, ...]
-        eps, v = split_model_output(out.float(), x0.shape[1], self.config.learn_sigma)
-        mse = mean_flat((noise_f - eps) ** 2)  # [B]
+        prediction, v = split_model_output(out.float(), x0.shape[1], self.config.learn_sigma)
+        if self.config.prediction_type == "v_prediction":
+            mse = mean_flat((self.schedule.velocity(x0_f, t, noise_f) - prediction) ** 2)  # [B]
+            eps = self.schedule.eps_from_velocity(x_t, t, prediction)  # the bound's mean is the same either way
+        else:
+            mse = mean_flat((noise_f - prediction) ** 2)  # [B]
+            eps = prediction
         if v is None:
             return DiffusionLoss(loss=mse, mse=mse, vb=None, t=t, vb_weight=self.vb_weight)
         vb = vb_terms_bpd(self.schedule, x0_f, x_t, t, eps.detach(), v, self.config.decoder_nll)  # [B]
