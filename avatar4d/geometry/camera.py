@@ -11,9 +11,15 @@ intrinsics.flatten() (9)``; :meth:`Camera.to_label` and :meth:`Camera.from_label
 places that slice it.
 
 Pose angles (radians), used by :func:`orbit_camera` and :class:`PoseSampler`:
-- yaw: azimuth around the world y axis through the pivot; yaw > 0 moves the camera towards +x.
-- pitch: elevation; pitch > 0 puts the camera above the pivot, looking down.
+- yaw: azimuth around the world y axis through the orbit centre; yaw > 0 moves the camera towards +x.
+- pitch: elevation; pitch > 0 puts the camera above the centre, looking down.
 - roll: rotation of the camera about its own viewing axis.
+
+Where the camera sits: EG3D's ``LookAtPoseSampler`` (and so every released EG3D/Next3D label)
+puts the camera ``radius`` = 2.7 from the *world origin* and points it at the pivot (0, 0, 0.2):
+the frontal camera is at (0, 0, 2.7), 2.5 from the pivot. That is the default here
+(``orbit_center=ORIGIN``); ``orbit_center=pivot`` orbits the pivot itself (our behaviour before
+issue 9, 2.7 from the pivot), kept selectable for comparisons.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ LABEL_DIM = 25
 DEFAULT_FOV_DEGREES = 18.837
 DEFAULT_RADIUS = 2.7
 DEFAULT_PIVOT = (0.0, 0.0, 0.2)
+ORIGIN = (0.0, 0.0, 0.0)
+DEFAULT_ORBIT_CENTER = ORIGIN
+"""EG3D's ``LookAtPoseSampler``: ``camera_origins = radius · (sin φ cos(π−θ), cos φ, sin φ sin(π−θ))``
+around (0, 0, 0), ``forward = normalize(lookat_position − camera_origins)``."""
 
 
 def fov_to_intrinsics(fov_degrees: float = DEFAULT_FOV_DEGREES, *, dtype=torch.float32,
@@ -79,14 +89,17 @@ def _roll_matrix(roll: Tensor) -> Tensor:
 def orbit_camera(yaw: Tensor | float, pitch: Tensor | float, roll: Tensor | float = 0.0, *,
                  radius: Tensor | float = DEFAULT_RADIUS,
                  pivot: Sequence[float] = DEFAULT_PIVOT,
-                 fov_degrees: float = DEFAULT_FOV_DEGREES) -> Camera:
-    """Cameras on a sphere around ``pivot`` looking at it, from yaw/pitch/roll in radians."""
+                 fov_degrees: float = DEFAULT_FOV_DEGREES,
+                 orbit_center: Sequence[float] = DEFAULT_ORBIT_CENTER) -> Camera:
+    """Cameras on a sphere of ``radius`` around ``orbit_center`` (EG3D: the world origin) looking at
+    ``pivot``, from yaw/pitch/roll in radians."""
     yaw_t, pitch_t, roll_t, radius_t = torch.broadcast_tensors(
         *(torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (yaw, pitch, roll, radius)))
     pivot_t = torch.tensor(pivot, dtype=torch.float32).expand(yaw_t.shape[0], 3)
+    center_t = torch.tensor(orbit_center, dtype=torch.float32).expand(yaw_t.shape[0], 3)
     offset = torch.stack([torch.cos(pitch_t) * torch.sin(yaw_t), torch.sin(pitch_t),
                           torch.cos(pitch_t) * torch.cos(yaw_t)], dim=-1)
-    eye = pivot_t + radius_t[:, None] * offset
+    eye = center_t + radius_t[:, None] * offset  # [B, 3]
     cam2world = look_at(eye, pivot_t) @ _roll_matrix(roll_t)
     intrinsics = fov_to_intrinsics(fov_degrees).expand(yaw_t.shape[0], 3, 3).clone()
     return Camera(cam2world=cam2world, intrinsics=intrinsics)
@@ -191,7 +204,8 @@ class Camera:
 
 @dataclasses.dataclass
 class PoseSamplerConfig(Config):
-    """Ranges of the camera pose distribution (radians) and the orbit around the pivot.
+    """Ranges of the camera pose distribution (radians) and the orbit (``radius`` around
+    ``orbit_center``, looking at ``pivot``; EG3D: 2.7 around the world origin).
 
     ``distribution="gaussian"`` draws yaw/pitch from normals with the given std (clamped to the
     ranges), which approximates FFHQ's frontal-heavy pose distribution (EG3D: std 0.3 / 0.155);
@@ -205,6 +219,7 @@ class PoseSamplerConfig(Config):
     radius_jitter: float = 0.0
     pivot: tuple[float, float, float] = DEFAULT_PIVOT
     fov_degrees: float = DEFAULT_FOV_DEGREES
+    orbit_center: tuple[float, float, float] = DEFAULT_ORBIT_CENTER
     distribution: str = "uniform"
     yaw_std: float = 0.3
     pitch_std: float = 0.155
@@ -256,11 +271,11 @@ class PoseSampler:
         roll = self._draw(n, gen, cfg.roll_range, cfg.roll_std)
         radius = cfg.radius + cfg.radius_jitter * (2 * torch.rand(n, generator=gen) - 1)
         camera = orbit_camera(yaw, pitch, roll, radius=radius, pivot=cfg.pivot,
-                              fov_degrees=cfg.fov_degrees)
+                              fov_degrees=cfg.fov_degrees, orbit_center=cfg.orbit_center)
         return PoseSample(yaw=yaw, pitch=pitch, roll=roll, radius=radius, camera=camera)
 
     def frontal(self, n: int = 1) -> Camera:
         """``n`` copies of the canonical frontal camera (yaw = pitch = roll = 0)."""
         zeros = torch.zeros(n)
         return orbit_camera(zeros, zeros, zeros, radius=self.config.radius, pivot=self.config.pivot,
-                            fov_degrees=self.config.fov_degrees)
+                            fov_degrees=self.config.fov_degrees, orbit_center=self.config.orbit_center)

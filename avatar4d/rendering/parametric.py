@@ -76,23 +76,39 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def fill_holes(mask: Tensor, max_iterations: int | None = None) -> tuple[Tensor, Tensor]:
+HOLE_FILL_SEEDS = ("corner", "border")
+
+
+def fill_holes(mask: Tensor, max_iterations: int | None = None, seed: str = "corner") -> tuple[Tensor, Tensor]:
     """Fill the holes of a face mask [B, 1, H, W] (values in [0, 1]).
 
-    A hole is a pixel below 1 that is not 4-connected to the image border through pixels below 1
-    (the mouth cavity of a mesh with an open mouth). Returns ``(filled, holes)`` with ``filled =
-    clamp(mask + holes, 0, 1)``; ``holes`` is 1 − mask inside holes. The official code flood-fills
-    from the corner pixel with OpenCV; seeding from the whole border is the same for face renders
-    and needs no OpenCV.
+    Background is what a flood fill through pixels below 1 reaches (4-connected); every other pixel
+    below 1 is a hole (the mouth cavity of a mesh with an open mouth). Returns ``(filled, holes)``
+    with ``filled = clamp(mask + holes, 0, 1)``; ``holes`` is 1 − mask inside holes.
+
+    ``seed="corner"`` (default): the official ``fill_mouth`` (InvertAvatar
+    ``training_avatar_texture/volumetric_rendering/renderer.py``: ``cv2.floodFill`` from pixel
+    (0, 0), fixed range [v₀, v₀ + 254/255] of the corner value v₀), which the released GANs were
+    trained with, so a background region that touches the border but not the corner counts as a
+    hole. ``seed="border"``: seed from every border pixel below 1 (our earlier behaviour; the same for
+    face renders whose background is connected). Written with torch instead of OpenCV (not a
+    dependency here), batched and on the tensor's device.
     """
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise ValueError(f"mask must be [B, 1, H, W], got {tuple(mask.shape)}")
+    if seed not in HOLE_FILL_SEEDS:
+        raise ValueError(f"seed must be one of {list(HOLE_FILL_SEEDS)}, got {seed!r}")
     open_pixels = mask < 1.0  # [B,1,H,W] bool
     reached = torch.zeros_like(open_pixels)
-    reached[..., 0, :] = open_pixels[..., 0, :]
-    reached[..., -1, :] = open_pixels[..., -1, :]
-    reached[..., :, 0] |= open_pixels[..., :, 0]
-    reached[..., :, -1] |= open_pixels[..., :, -1]
+    if seed == "corner":
+        corner = mask[..., :1, :1]  # [B, 1, 1, 1]: cv2's fixed range starts at the seed's value
+        open_pixels = open_pixels & (mask >= corner)
+        reached[..., 0, 0] = open_pixels[..., 0, 0]
+    else:
+        reached[..., 0, :] = open_pixels[..., 0, :]
+        reached[..., -1, :] = open_pixels[..., -1, :]
+        reached[..., :, 0] |= open_pixels[..., :, 0]
+        reached[..., :, -1] |= open_pixels[..., :, -1]
     limit = max_iterations or mask.shape[-1] * mask.shape[-2]
     cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=mask.device)[None, None]
     for step in range(limit):
@@ -101,8 +117,25 @@ def fill_holes(mask: Tensor, max_iterations: int | None = None) -> tuple[Tensor,
         if step % 8 == 7 and torch.equal(grown, reached):
             break
         reached = grown
-    holes = torch.where(open_pixels & ~reached, 1.0 - mask, torch.zeros_like(mask))
+    holes = torch.where((mask < 1.0) & ~reached, 1.0 - mask, torch.zeros_like(mask))
     return (mask + holes).clamp(0, 1), holes
+
+
+def mouth_alphas(face_mask: Tensor, top_rows_256: int, seed: str = "corner") -> tuple[Tensor, Tensor]:
+    """Face mask [B, 1, R, R] of the face-box render → (full alpha, conditioning alpha), both [B, 1, R, R].
+
+    The official ``rasterize`` (InvertAvatar ``training_avatar_texture/triplane_v20.py:322-326``):
+    ``full_alpha, mouth = fill_mouth(alpha)``; ``upper_mouth_mask[:, :, :87] = 0``; conditioning alpha
+    = clamp(alpha + upper_mouth_mask, 0, 1). The render's rows run chin → forehead (row 0 = the chin
+    side), so zeroing the *first* ``top_rows_256`` rows (scaled from 256 to R) drops the hole rows on
+    the chin side and keeps the upper mouth cavity.
+    """
+    full_alpha, holes = fill_holes(face_mask, seed=seed)
+    top = round(top_rows_256 * face_mask.shape[-2] / 256)
+    mouth = holes.clone()
+    if top > 0:
+        mouth[..., :top, :] = 0
+    return full_alpha, (face_mask + mouth).clamp(0, 1)
 
 
 @dataclasses.dataclass
@@ -153,12 +186,14 @@ class ParametricTriplane:
         come from rasterizing the expression's mesh orthographically over ``face_box`` (see
         :func:`avatar4d.geometry.raster.render_uv_to_plane`). The texture is sampled there, the
         mask's holes (an open mouth) are filled, and the result is alpha-blended over static plane 0
-        inside the face box; planes 1 and 2 are unchanged.
+        inside the face box; planes 1 and 2 are unchanged. Holes are found from the whole border (not the
+        official corner seed): this composition has no face backbone, so it is ours, not the release's,
+        and the procedural head may span the box from top to bottom, which would cut the background in two.
         """
         box = (face_box or FaceBox.official()).scaled(self.resolution)
         sampled = F.grid_sample(self.texture, uv_grid.to(self.texture.dtype), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # [B, C, h, w]
-        alpha, _ = fill_holes(face_mask.to(self.texture.dtype))
+        alpha, _ = fill_holes(face_mask.to(self.texture.dtype), seed="border")
         return blend_into_frontal_plane(self.static, sampled, alpha, box)
 
 

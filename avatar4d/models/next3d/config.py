@@ -13,7 +13,7 @@ import dataclasses
 from avatar4d.config import Config, PresetRegistry
 from avatar4d.models.stylegan2 import BACKBONE_PRESETS, StyleGAN2BackboneConfig
 from avatar4d.models.superresolution import SUPERRESOLUTION_PRESETS, SuperResolutionConfig
-from avatar4d.rendering.parametric import FACE_BOX_256
+from avatar4d.rendering.parametric import FACE_BOX_256, HOLE_FILL_SEEDS
 from avatar4d.rendering.renderer import RENDERING_PRESETS, RenderingConfig
 
 
@@ -24,8 +24,10 @@ class GeneratorConfig(Config):
     ``backbone`` describes the static backbone; the texture and face backbones share it with
     ``img_channels = plane_channels``. ``face_box`` is (row0, row1, col0, col1) on a 256² plane,
     scaled to ``backbone.img_resolution``. ``mouth_hole_top_rows``: holes of the face mask in the
-    top rows of the face-box render (eye holes of FLAME/FaceVerse meshes) are not counted as mouth
-    (the official code's ``upper_mouth_mask[:, :, :87] = 0``).
+    first rows of the chin-first face-box render are not counted as mouth in the conditioning alpha
+    (the official code's ``upper_mouth_mask[:, :, :87] = 0``, which keeps the upper mouth cavity; see
+    :func:`~avatar4d.rendering.parametric.mouth_alphas`). ``hole_fill_seed``: ``corner`` (official
+    ``fill_mouth``, default: the released weights saw it) or ``border``.
     """
 
     backbone: StyleGAN2BackboneConfig = dataclasses.field(default_factory=lambda: BACKBONE_PRESETS.get("paper"))
@@ -38,6 +40,7 @@ class GeneratorConfig(Config):
     neural_resolution: int = 128
     face_box: tuple[int, int, int, int] = FACE_BOX_256
     mouth_hole_top_rows: int = 87
+    hole_fill_seed: str = "corner"
     c_scale: float = 1.0
     truncation_psi: float = 0.7
     truncation_cutoff: int | None = 14
@@ -53,6 +56,8 @@ class GeneratorConfig(Config):
             raise ValueError("superresolution.w_dim must equal backbone.w_dim")
         if self.neural_resolution < 4:
             raise ValueError(f"neural_resolution must be >= 4, got {self.neural_resolution}")
+        if self.hole_fill_seed not in HOLE_FILL_SEEDS:
+            raise ValueError(f"hole_fill_seed must be one of {list(HOLE_FILL_SEEDS)}, got {self.hole_fill_seed!r}")
         row0, row1, col0, col1 = self.face_box
         if not (0 <= row0 < row1 <= 256 and 0 <= col0 < col1 <= 256 and row1 - row0 == col1 - col0):
             raise ValueError(f"face_box must be a square window inside 256², got {self.face_box}")

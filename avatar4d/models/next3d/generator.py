@@ -37,7 +37,7 @@ from avatar4d.models.next3d.config import GeneratorConfig
 from avatar4d.models.stylegan2 import StyleGAN2Backbone, alpha_blend_hooks
 from avatar4d.models.superresolution import SuperresolutionHybrid8XDC
 from avatar4d.rendering.decoder import OSGDecoder
-from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, fill_holes, resize
+from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, mouth_alphas, resize
 from avatar4d.rendering.renderer import TriplaneRenderer
 
 logger = logging.getLogger(__name__)
@@ -162,12 +162,8 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         # need the precision, and antialiased resizing has no bf16 CPU kernel.
         level_dtype = torch.promote_types(ws.dtype, torch.float32)
         uv_grid = uv_grid.to(level_dtype)
-        full_alpha, holes = fill_holes(face_mask)
-        mouth = holes.clone()
-        mouth_top = round(self.config.mouth_hole_top_rows * self.face_box.resolution / 256)
-        if mouth_top > 0:  # rows run chin → forehead, so the "top" rows of the face render are the last ones
-            mouth[..., mouth.shape[-2] - mouth_top:, :] = 0
-        cond_alpha = (face_mask + mouth).clamp(0, 1)
+        full_alpha, cond_alpha = mouth_alphas(face_mask, self.config.mouth_hole_top_rows,
+                                              self.config.hole_fill_seed)  # [B, 1, R, R] each
 
         levels = []
         for texture_level, static_level in zip(texture_pyramid, static_pyramid):

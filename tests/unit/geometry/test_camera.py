@@ -50,11 +50,27 @@ def test_from_label_rejects_wrong_width():
 def test_frontal_camera_matches_eg3d_convention():
     cam = orbit_camera(0.0, 0.0, radius=2.7)
     c2w = cam.cam2world[0]
-    # camera sits on +z, 2.7 from the pivot, looks along -z; OpenCV: x right, y down.
-    assert torch.allclose(c2w[:3, 3], torch.tensor([0.0, 0.0, 0.2 + 2.7]), atol=1e-6)
+    # EG3D LookAtPoseSampler: the camera sits on +z, 2.7 from the world origin (2.5 from the pivot),
+    # and looks along -z at the pivot; OpenCV: x right, y down.
+    assert torch.allclose(c2w[:3, 3], torch.tensor([0.0, 0.0, 2.7]), atol=1e-6)
     assert torch.allclose(c2w[:3, 2], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
     assert torch.allclose(c2w[:3, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
     assert torch.allclose(c2w[:3, 1], torch.tensor([0.0, -1.0, 0.0]), atol=1e-6)
+
+
+def test_orbit_follows_eg3d_look_at_pose_sampler():
+    """EG3D camera_utils.LookAtPoseSampler: θ = π/2 + yaw, φ = π/2 − elevation, origin =
+    r (sin φ cos(π − θ), cos φ, sin φ sin(π − θ)) around (0, 0, 0), forward towards the pivot."""
+    yaw, pitch = torch.tensor([0.0, 0.4, -0.7]), torch.tensor([0.0, 0.3, -0.2])
+    theta, phi = math.pi / 2 + yaw, math.pi / 2 - pitch
+    origin = 2.7 * torch.stack([torch.sin(phi) * torch.cos(math.pi - theta), torch.cos(phi),
+                                torch.sin(phi) * torch.sin(math.pi - theta)], dim=-1)
+    cam = orbit_camera(yaw, pitch)
+    assert torch.allclose(cam.origin, origin, atol=1e-5)
+    forward = torch.nn.functional.normalize(torch.tensor(DEFAULT_PIVOT) - origin, dim=-1)
+    assert torch.allclose(cam.forward, forward, atol=1e-5)
+    old = orbit_camera(yaw, pitch, orbit_center=DEFAULT_PIVOT)  # the earlier orbit, still selectable
+    assert torch.allclose(old.origin[0], torch.tensor([0.0, 0.0, 2.9]), atol=1e-6)
 
 
 def test_look_at_is_orthonormal_and_points_at_target():
@@ -76,12 +92,13 @@ def test_look_at_rejects_parallel_up():
         look_at(torch.tensor([[0.0, 3.0, 0.0]]), torch.zeros(1, 3))
 
 
-def test_projection_of_pivot_is_image_centre_and_depth_is_radius():
+def test_projection_of_pivot_is_image_centre_and_depth_its_distance():
     cams = PoseSampler(PoseSamplerConfig(roll_range=(0.0, 0.0))).sample(5, seed=1).camera
     pivot = torch.tensor(DEFAULT_PIVOT).expand(5, 1, 3)
     uv, depth = cams.project(pivot)
     assert torch.allclose(uv, torch.full_like(uv, 0.5), atol=1e-5)
-    assert torch.allclose(depth, torch.full_like(depth, 2.7), atol=1e-5)
+    distance = (cams.origin - torch.tensor(DEFAULT_PIVOT)).norm(dim=-1)
+    assert torch.allclose(depth.reshape(-1), distance, atol=1e-5)
 
 
 def test_world2cam_inverts_cam2world():
@@ -114,7 +131,7 @@ def test_sampler_respects_ranges_and_is_deterministic(distribution):
     for values, (low, high) in ((a.yaw, cfg.yaw_range), (a.pitch, cfg.pitch_range), (a.roll, cfg.roll_range)):
         assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6
     assert a.radius.min() >= 2.6 - 1e-6 and a.radius.max() <= 2.8 + 1e-6
-    distances = (a.camera.origin - torch.tensor(DEFAULT_PIVOT)).norm(dim=-1)
+    distances = a.camera.origin.norm(dim=-1)  # the orbit is around the world origin (EG3D)
     assert torch.allclose(distances, a.radius, atol=1e-5)
     if distribution == "uniform":  # covers the range
         assert a.yaw.min() < -0.7 and a.yaw.max() > 0.7

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, fill_holes
+from avatar4d.rendering.parametric import (
+    FaceBox,
+    ParametricTriplane,
+    blend_into_frontal_plane,
+    fill_holes,
+    mouth_alphas,
+)
 
 
 def test_official_face_box_and_its_world_window():
@@ -20,7 +26,7 @@ def test_fill_holes_fills_enclosed_regions_only():
     mask[:, :, 8:24, 8:24] = 1
     mask[:, :, 12:20, 12:20] = 0  # a hole (the mouth)
     mask[1, :, 0:5, 0:5] = 1  # an unrelated blob touching the border in sample 1
-    filled, holes = fill_holes(mask)
+    filled, holes = fill_holes(mask, seed="border")
     assert holes[:, :, 12:20, 12:20].eq(1).all()
     assert holes.sum() == 2 * 64
     assert filled[:, :, 8:24, 8:24].eq(1).all()
@@ -35,6 +41,32 @@ def test_fill_holes_with_a_c_shaped_mouth_open_to_the_border_is_not_filled():
     mask[:, :, 6:10, 6:16] = 0  # channel to the right border
     filled, holes = fill_holes(mask)
     assert holes.sum() == 0 and torch.equal(filled, mask)
+
+
+def test_corner_seeded_fill_follows_the_official_flood_fill():
+    """cv2.floodFill from (0, 0) (official fill_mouth): background cut off from the corner by a band
+    that runs border to border is a hole; seeding from the whole border keeps it background."""
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[:, :, 10:12, :] = 1  # a full-width band: rows 12-15 are not connected to the corner
+    _, corner_holes = fill_holes(mask)  # default: the official corner seed
+    _, border_holes = fill_holes(mask, seed="border")
+    assert corner_holes[:, :, 12:].eq(1).all() and corner_holes[:, :, :10].eq(0).all()
+    assert border_holes.sum() == 0
+    with pytest.raises(ValueError, match="seed"):
+        fill_holes(mask, seed="centre")
+
+
+def test_mouth_alpha_drops_the_first_87_rows_of_the_chin_first_render():
+    """Official rasterize: upper_mouth_mask[:, :, :87] = 0 on the chin-first 256² render; the hole rows
+    from 87 on (the upper mouth cavity) stay in the conditioning alpha."""
+    mask = torch.ones(1, 1, 256, 256)
+    mask[:, :, 60:120, 100:150] = 0  # a mouth hole spanning row 87
+    full, conditioning = mouth_alphas(mask, 87)
+    assert full.eq(1).all()  # every hole is filled for the paste
+    assert conditioning[:, :, 60:87, 100:150].eq(0).all()  # chin-side rows: not mouth
+    assert conditioning[:, :, 87:120, 100:150].eq(1).all()  # upper mouth cavity kept
+    _, small = mouth_alphas(torch.nn.functional.interpolate(mask, size=(64, 64)), 87)  # 87 scales to 22 rows
+    assert small[:, :, 15:22, 25:37].eq(0).all() and small[:, :, 22:30, 25:37].eq(1).all()
 
 
 def test_stacked_round_trip_and_validation():
