@@ -191,11 +191,18 @@ NULL_CONDITION_FILE = "encoded_null_condition.safetensors"
 
 def null_clip_tokens(null_clip: str, data: str | Path | None) -> torch.Tensor | None:
     """The stored CLIP tokens of an all-zero image (``<data>/encoded_null_condition.safetensors``), the
-    null condition of a model whose ``null_clip`` mode is ``"zeros"``; None for a learned null
-    embedding or no file."""
-    path = None if data is None else Path(data) / NULL_CONDITION_FILE
-    if null_clip != "zeros" or path is None or not path.is_file():
+    null condition of a model whose ``null_clip`` mode is ``"zero_image"`` (the release's); None for a
+    ``"learned"`` or ``"zeros"`` model, which carry their own. A ``"zero_image"`` model without the file
+    is a one-line :class:`~avatar4d.errors.UserError`: no fallback to some other null condition."""
+    if null_clip != "zero_image":
         return None
+    path = None if data is None else Path(data) / NULL_CONDITION_FILE
+    if path is None or not path.is_file():
+        from avatar4d.errors import UserError
+
+        raise UserError(f"{path or NULL_CONDITION_FILE} not found: the DiT's null condition (null_clip='zero_image', "
+                        "as released) is the CLIP embedding of an all-zero image, which `avatar4d factory encode` "
+                        "writes there; re-run the encode, or set model.null_clip to 'learned' or 'zeros'")
     from safetensors.torch import load_file
 
     tokens = load_file(str(path))["clip_tokens"].float()

@@ -8,7 +8,8 @@ tensor column (raw little-endian bytes, or a fixed-size float list) whose shape 
 (optional; otherwise the domain's generator is looked up in ``pairs.lance``) lets sample grids
 render decoded samples. This is the layout of :mod:`avatar4d.data.encoded_schema`, which the
 factory's encode stage writes; ``<data>/encoded_null_condition.safetensors`` (CLIP/DINO tokens of
-an all-zero image) is the null CLIP condition of a ``null_clip="zeros"`` model, as in the release.
+an all-zero image) is the null CLIP condition of a ``null_clip="zero_image"`` model, as in the release
+(its absence stops the run before it starts; there is no fallback).
 
 Per micro-batch: latents in DiT layout [B, C, F·h, w]; the CLIP condition of a Bernoulli(0.1)
 subset is replaced by the null condition (``ImageConditionedDiT.sample_drop_mask``); the IDDPM
@@ -91,6 +92,7 @@ class DiTTask(TrainTask):
             if differ:
                 raise SchemaMismatchError(f"{info.uri} does not fit the recipe's DiT: {'; '.join(differ)}")
         check_size(info, config.train.num_workers, config.train.micro_batch_size, what="encoded dataset")
+        null_clip_tokens(config.model.null_clip, config.data)  # a release-style null condition must be stored
         if config.vae_checkpoint:
             from avatar4d.checkpoint.io import read_checkpoint_info
 

@@ -14,7 +14,7 @@ import dataclasses
 from avatar4d.config import Config, ConfigError, PresetRegistry
 
 POS_EMBED_GRIDS = ("release", "true")
-NULL_CLIP_MODES = ("zeros", "learned")
+NULL_CLIP_MODES = ("zero_image", "zeros", "learned")
 INIT_STYLES = ("adaln_zero", "pixart")
 
 
@@ -26,17 +26,19 @@ class DiTConfig(Config):
     ``pos_embed_grid``: ``"release"`` reproduces the released model's fixed sin-cos embedding, which
     is computed on a ``√T×√T`` grid (32×32 for the paper's 64×16 tokens; token m gets
     w = (m % 32)/2 and h = 2·(m // 32)); ``"true"`` uses the real token grid (row, column).
-    ``null_clip``: what replaces the raw CLIP tokens of a dropped condition (CFG): ``"zeros"`` (all-zero
-    tokens, no parameters; the ``paper`` default so the state dict stays the release's) or
-    ``"learned"`` (a trained ``y_embedder.null_tokens`` table, PixArt style). The release itself
-    uses the CLIP tokens *of an all-zero image* for the unconditional branch; the caller passes those
-    as ``null_clip_tokens=`` to ``forward``/``forward_with_cfg``. DINO tokens are never dropped (the
-    release keeps them the same in both CFG branches).
-    ``init``: ``"adaln_zero"`` zeroes the gate rows of ``t_block`` and of every ``scale_shift_table``,
-    the cross-attention output projection and the final linear layer, so every block is the
-    identity at initialisation (DiT's adaLN-Zero carried over to adaLN-single); ``"pixart"`` is the
-    release's/PixArt's init (only the cross-attention projection and the final layer are zero, so the
-    self-attention and MLP branches are active from the start).
+    ``null_clip``: what replaces the raw CLIP tokens of a dropped condition (CFG). ``"zero_image"``
+    (the ``paper`` default, the release): the CLIP tokens *of an all-zero image*, which only the image
+    encoder can compute, so the caller passes them as ``null_clip_tokens=`` (the encode stage stores
+    them in ``encoded_null_condition.safetensors``) and the model refuses a dropped or unconditional
+    branch without them instead of guessing; no parameters, the state dict stays the release's.
+    ``"zeros"``: all-zero tokens (our earlier default; not what the release does). ``"learned"``: a
+    trained ``y_embedder.null_tokens`` table, PixArt style. DINO tokens are never dropped (the release
+    keeps them the same in both CFG branches).
+    ``init``: ``"pixart"`` (the ``paper`` default) is the release's/PixArt's init: only the
+    cross-attention output projection and the final layer are zero, so the self-attention and MLP
+    branches are active from the start. ``"adaln_zero"`` also zeroes the gate rows of ``t_block`` and of
+    every ``scale_shift_table``, so every block is the identity at initialisation (DiT's adaLN-Zero
+    carried over to adaLN-single).
     ``condition_dropout`` is the probability the trainer uses to build ``drop_condition`` masks
     (:meth:`ImageConditionedDiT.sample_drop_mask`).
     """
@@ -61,8 +63,8 @@ class DiTConfig(Config):
     resampler_head_dim: int = 64
     resampler_ff_mult: int = 4
     pos_embed_grid: str = "release"
-    null_clip: str = "zeros"
-    init: str = "adaln_zero"
+    null_clip: str = "zero_image"
+    init: str = "pixart"
     condition_dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -124,9 +126,10 @@ def _paper() -> DiTConfig:
 @DIT_PRESETS.register("tiny")
 def _tiny() -> DiTConfig:
     """CPU size: the tiny VAE's latent 8×64×16 (4 planes of 16×16) → 256 tokens, hidden 64, 2 blocks, the tiny
-    condition encoders' CLIP [5, 32] / DINO [5, 24] tokens; 242,592 parameters."""
+    condition encoders' CLIP [5, 32] / DINO [5, 24] tokens; 242,592 parameters. It keeps the adaLN-Zero init
+    and a learned null condition, with which its learning is measured (tests/integration/test_learning.py)."""
     return DiTConfig(
         input_size=(64, 16), in_channels=8, patch_size=2, hidden_size=64, depth=2, num_heads=4,
         frequency_embedding_size=32, clip_channels=32, clip_tokens=5, clip_latents=4, dino_channels=24,
         dino_tokens=5, dino_latents=8, resampler_depth=1, resampler_heads=2, resampler_head_dim=16,
-        resampler_ff_mult=2, pos_embed_grid="true", null_clip="learned")
+        resampler_ff_mult=2, pos_embed_grid="true", null_clip="learned", init="adaln_zero")

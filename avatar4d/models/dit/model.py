@@ -95,7 +95,13 @@ class ImageConditionedDiT(PretrainedMixin, nn.Module, component="dit"):
 
     def null_clip_input(self, batch: int, num_tokens: int | None = None, *, dtype: torch.dtype = torch.float32,
                         device: torch.device | str | None = None) -> Tensor:
-        """The raw CLIP tokens of the unconditional branch [batch, N, C] (learned table or zeros)."""
+        """The raw CLIP tokens of the unconditional branch [batch, N, C] (learned table or zeros).
+
+        A ``null_clip="zero_image"`` model (the release) has none of its own: it raises instead of guessing."""
+        if self.config.null_clip == "zero_image":
+            raise ValueError("this DiT's null condition is the CLIP embedding of an all-zero image "
+                             "(null_clip='zero_image', as released): pass null_clip_tokens= (the factory's encode "
+                             "stage stores them in encoded_null_condition.safetensors)")
         device = torch.device(device) if device is not None else self.pos_embed.device
         return self.y_embedder.null_input(batch, num_tokens or self.config.clip_tokens, dtype=dtype, device=device)
 

@@ -221,3 +221,40 @@ def test_bad_inputs_and_configs_raise_clear_errors(model, tiny):
     with pytest.raises(ConfigError, match="divisible by patch_size"):
         tiny.replace(input_size=(31, 8))
     assert DiTConfig.from_json(DIT_PRESETS.get("paper").to_json()) == DIT_PRESETS.get("paper")
+
+
+def test_paper_follows_the_release_init_and_null_condition():
+    """Issue 9 items 11-12: PixArt init (only cross-attention proj and final layer zero) and the CLIP
+    embedding of a zero image as the unconditional input, which the model never guesses."""
+    paper = DIT_PRESETS.get("paper")
+    assert (paper.init, paper.null_clip) == ("pixart", "zero_image")
+    small = DIT_PRESETS.get("tiny").replace(init=paper.init, null_clip=paper.null_clip)
+    torch.manual_seed(0)
+    model = ImageConditionedDiT(small)
+    assert model.y_embedder.null_tokens is None  # no parameters: the release's state dict
+    assert model.t_block[1].weight.abs().min(dim=1).values.gt(0).all()  # no zeroed gate rows
+    assert all(block.cross_attn.proj.weight.abs().sum() == 0 for block in model.blocks)
+    assert model.final_layer.linear.weight.abs().sum() == 0
+    x, t, clip, dino = _inputs(small)
+    with pytest.raises(ValueError, match="all-zero image"):
+        model.forward_with_cfg(x, t, clip, dino, 4.5)
+    with pytest.raises(ValueError, match="all-zero image"):
+        model(x, t, clip, dino, drop_condition=torch.ones(BATCH, dtype=torch.bool))
+    zero_image_clip = torch.randn(small.clip_tokens, small.clip_channels)
+    with torch.no_grad():
+        guided = model.forward_with_cfg(x, t, clip, dino, 4.5, null_clip_tokens=zero_image_clip)
+    assert torch.isfinite(guided).all()
+
+
+def test_a_release_style_null_condition_is_read_or_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from avatar4d.diffusion.sampling import NULL_CONDITION_FILE, null_clip_tokens
+    from avatar4d.errors import UserError
+
+    with pytest.raises(UserError, match="encoded_null_condition.safetensors not found"):
+        null_clip_tokens("zero_image", tmp_path)
+    assert null_clip_tokens("learned", tmp_path) is None and null_clip_tokens("zeros", tmp_path) is None
+    tokens = torch.randn(5, 32)
+    save_file({"clip_tokens": tokens, "dino_tokens": torch.zeros(5, 24)}, str(tmp_path / NULL_CONDITION_FILE))
+    assert torch.equal(null_clip_tokens("zero_image", tmp_path), tokens[None])

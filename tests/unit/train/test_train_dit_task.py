@@ -69,3 +69,18 @@ def test_sample_grids_show_true_and_sampled_latents_and_renders(task):
         assert height > rows * 128 and width > cols * 128, (key, images[key].shape)
         assert (images[key][:, :40] < 100).any(), "row labels on the left"
     assert metrics["preview_sample_mse"] >= 0
+
+
+def test_a_release_style_null_condition_missing_stops_the_run_before_it_starts(data, tmp_path):
+    """Issue 9 item 12: no fallback to zeros when encoded_null_condition.safetensors is absent."""
+    import shutil
+
+    from avatar4d.errors import UserError
+
+    config = apply_overrides(tiny(), {"data": str(data), "train.micro_batch_size": 2,
+                                      "model.null_clip": "zero_image"})
+    assert DiTTask.check_data(config)  # the encode stage stored the null condition
+    copy = tmp_path / "data"
+    shutil.copytree(data / "encoded.lance", copy / "encoded.lance")
+    with pytest.raises(UserError, match="encoded_null_condition.safetensors not found"):
+        DiTTask.check_data(config.replace(data=str(copy)))
