@@ -27,51 +27,18 @@ builds the trunk without downloading anything).
 from __future__ import annotations
 
 import logging
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar4d.errors import UserError
 from avatar4d.geometry.camera import Camera, PoseSampler
+from avatar4d.metrics.perceptual import build_lpips
 from avatar4d.models.vae import DiagonalGaussian
 from train.vae.recipes import VAELossConfig
 from train.vae.renderers import DomainRenderers
 
 logger = logging.getLogger(__name__)
-
-
-def _trunk_key(lpips_key: str) -> str:
-    """``sliceN.<index>.<param>`` of the lpips trunk → ``features.<index>.<param>`` of torchvision."""
-    _, index, param = lpips_key.split(".", 2)
-    return f"features.{index}.{param}"
-
-
-def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False) -> nn.Module:
-    """A frozen ``lpips.LPIPS`` (v0.1 calibration layers from the wheel) whose trunk is read from the
-    local torchvision weights file ``backbone``, or random when ``random_backbone``."""
-    import lpips
-
-    if backbone is None and not random_backbone:
-        raise UserError(f"LPIPS needs the local weights of its {net} trunk (torchvision state dict): set "
-                        "--lpips-backbone PATH (nothing is downloaded)")
-    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated ``pretrained=False``
-        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        module = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    if backbone is not None:
-        path = Path(backbone).expanduser()
-        if not path.is_file():
-            raise UserError(f"LPIPS backbone weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        trunk = module.net.state_dict()
-        missing = [k for k in trunk if _trunk_key(k) not in state]
-        if missing:
-            raise UserError(f"{path} is not a torchvision {net} state dict (no {_trunk_key(missing[0])})")
-        module.net.load_state_dict({k: state[_trunk_key(k)] for k in trunk})
-        logger.info("LPIPS %s trunk loaded from %s", net, path)
-    return module.eval().requires_grad_(False)
 
 
 def latent_total_variation(mean: Tensor) -> Tensor:
