@@ -6,8 +6,16 @@ IDDPM's ``learned_range`` variance. Each is configured from the training :class:
 (linear betas, 1000 steps, ε- or v-prediction as it says, no clipping of x̂_0: latents are not bounded).
 diffusers is imported inside the functions so ``avatar4d`` imports with torch alone.
 
-Timestep spacing: DPM-Solver++ uses diffusers' default ``linspace`` (999 … down to the last
-step, final σ = 0); DDPM uses ``linspace`` too (999 … 0, IDDPM's respacing, no noise added at the
+Timestep spacing (``SamplingConfig.timesteps``): DPM-Solver++ with ``"linspace"`` (the paper's
+19-step setting here) uses diffusers' ``linspace`` spacing (999 … down to the last step, final σ = 0);
+``"time_uniform"`` is the official AvatarArtist sampler (LuChengTHU's DPM-Solver++ 2M,
+``skip_type="time_uniform"``, t from 1 to ``t_end = 1e-3``, i.e. model times 999 … 0 evenly spaced,
+no denoising to σ = 0, first-order last step), built from diffusers' own options:
+``timestep_spacing="linspace"`` (diffusers rounds the times to integers: ≤ 0.5 off the official
+fractional 949.05, 899.1, …), ``final_sigmas_type="sigma_min"`` (end at the σ of t = 0, i.e. t_end)
+and ``euler_at_final=True``; ``"logsnr_uniform"`` is DPM-Solver's ``logSNR`` skip type
+(``use_lu_lambdas=True``). Named settings: :data:`SAMPLING_PRESETS` ``paper`` (19 steps) and
+``release`` (20 steps, ``time_uniform``). DDPM uses ``linspace`` too (999 … 0, IDDPM's respacing, no noise added at the
 last step); DDIM uses ``leading`` (t = k·⌊T/n⌋), the only spacing whose steps agree with
 ``DDIMScheduler.step``'s fixed ``t - ⌊T/n⌋`` previous timestep for every n.
 
@@ -26,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from avatar4d.config import Config, ConfigError
+from avatar4d.config import Config, ConfigError, PresetRegistry
 from avatar4d.diffusion.objective import ModelFn
 from avatar4d.diffusion.schedule import DiffusionConfig
 
@@ -36,24 +44,56 @@ if TYPE_CHECKING:  # pragma: no cover - the sampler takes any DiT; the process s
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("dpmsolver++", "ddim", "ddpm")
+TIMESTEP_SCHEDULES = ("linspace", "time_uniform", "logsnr_uniform")
+"""DPM-Solver++ time grids (see the module docstring); DDIM and DDPM take ``linspace`` only."""
+
+_DPM_TIMESTEP_OPTIONS: dict[str, dict[str, Any]] = {
+    "linspace": dict(timestep_spacing="linspace"),
+    "time_uniform": dict(timestep_spacing="linspace", final_sigmas_type="sigma_min", euler_at_final=True),
+    "logsnr_uniform": dict(timestep_spacing="linspace", use_lu_lambdas=True, final_sigmas_type="sigma_min",
+                           euler_at_final=True),
+}
 
 
 @dataclasses.dataclass
 class SamplingConfig(Config):
-    """Inference defaults of the paper: DPM-Solver++ with 19 steps and guidance 4.5."""
+    """Inference defaults of the paper: DPM-Solver++ with 19 steps and guidance 4.5 (``SAMPLING_PRESETS``
+    also holds ``release``: the official 20-step ``time_uniform`` schedule)."""
 
     scheduler: str = "dpmsolver++"
     steps: int = 19
     guidance_scale: float = 4.5
+    timesteps: str = "linspace"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose from {list(SCHEDULERS)}")
+        if self.timesteps not in TIMESTEP_SCHEDULES:
+            raise ConfigError(f"unknown timesteps {self.timesteps!r}; choose from {list(TIMESTEP_SCHEDULES)}")
+        if self.timesteps != "linspace" and self.scheduler != "dpmsolver++":
+            raise ConfigError(f"timesteps {self.timesteps!r} is a DPM-Solver++ schedule; "
+                              f"{self.scheduler} takes 'linspace'")
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
 
 
-def make_scheduler(name: str, diffusion: DiffusionConfig | None = None, *, learned_variance: bool = True) -> Any:
+SAMPLING_PRESETS: PresetRegistry[SamplingConfig] = PresetRegistry("sampling")
+
+
+@SAMPLING_PRESETS.register("paper")
+def _paper_sampling() -> SamplingConfig:
+    """The paper's text: DPM-Solver++, 19 steps, guidance 4.5."""
+    return SamplingConfig()
+
+
+@SAMPLING_PRESETS.register("release")
+def _release_sampling() -> SamplingConfig:
+    """The official inference code: DPM-Solver++ 2M, 20 steps, ``time_uniform`` down to t = 1e-3, guidance 4.5."""
+    return SamplingConfig(steps=20, timesteps="time_uniform")
+
+
+def make_scheduler(name: str, diffusion: DiffusionConfig | None = None, *, learned_variance: bool = True,
+                   timesteps: str = "linspace") -> Any:
     """A diffusers scheduler named ``name`` matching the training schedule of ``diffusion``.
 
     ``learned_variance`` only matters for ``"ddpm"``: ``learned_range`` (the network's variance
@@ -72,9 +112,12 @@ def make_scheduler(name: str, diffusion: DiffusionConfig | None = None, *, learn
     )
     import diffusers  # lazy: the core package must import without diffusers
 
+    if timesteps not in TIMESTEP_SCHEDULES or (timesteps != "linspace" and name != "dpmsolver++"):
+        raise ValueError(f"timesteps {timesteps!r} does not apply to {name}; choose from {list(TIMESTEP_SCHEDULES)} "
+                         "(DPM-Solver++ only, others take 'linspace')")
     if name == "dpmsolver++":
         return diffusers.DPMSolverMultistepScheduler(
-            **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="linspace"
+            **common, algorithm_type="dpmsolver++", solver_order=2, **_DPM_TIMESTEP_OPTIONS[timesteps]
         )
     if name == "ddim":
         return diffusers.DDIMScheduler(
@@ -129,6 +172,7 @@ def sample(
     device: torch.device | str | None = None,
     diffusion: DiffusionConfig | None = None,
     noise: torch.Tensor | None = None,
+    timesteps: str = "linspace",
 ) -> torch.Tensor:
     """Draw ``x_0`` of ``shape`` [B, C, ...] by running ``model_fn`` through a diffusers scheduler.
 
@@ -154,7 +198,7 @@ def sample(
     cond = dict(cond or {})
     model_kwargs = _batched_conditions(cond, uncond, batch) if guided else cond  # type: ignore[arg-type]
 
-    solver = make_scheduler(scheduler, diffusion)
+    solver = make_scheduler(scheduler, diffusion, timesteps=timesteps)
     solver.set_timesteps(steps, device=device)
     draw_device = generator.device if generator is not None else device
     if noise is not None and tuple(noise.shape) != shape:
@@ -223,4 +267,4 @@ def sample_latents(model: ImageConditionedDiT, clip: torch.Tensor, dino: torch.T
                   guidance_scale=sampling.guidance_scale, generator=generator,
                   cond={"clip_tokens": clip, "dino_tokens": dino},
                   uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion,
-                  noise=noise)
+                  noise=noise, timesteps=sampling.timesteps)

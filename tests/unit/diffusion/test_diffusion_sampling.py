@@ -207,3 +207,35 @@ def test_user_errors():
         sample(lambda x, t: torch.cat([x, x, x], 1), (2, 3, 1, 1), guidance_scale=1.0)
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("pndm")
+
+
+def test_the_release_schedule_is_time_uniform_down_to_t_end_1e_3():
+    """Issue 9 item 13: the official DPM-Solver++ (skip_type 'time_uniform', 20 steps, t from 1 to 1e-3)
+    visits model times 999 … 0 evenly spaced and stops at the noise level of t = 0 instead of σ = 0."""
+    from avatar4d.diffusion.sampling import SAMPLING_PRESETS
+
+    release, paper = SAMPLING_PRESETS.get("release"), SAMPLING_PRESETS.get("paper")
+    assert (release.scheduler, release.steps, release.timesteps) == ("dpmsolver++", 20, "time_uniform")
+    assert (paper.steps, paper.timesteps) == (19, "linspace")
+    solver = make_scheduler("dpmsolver++", timesteps="time_uniform")
+    solver.set_timesteps(20)
+    official = torch.linspace(1.0, 1e-3, 21) * 1000 - 1  # DPM-Solver's discrete model time (t − 1/N)·N
+    assert (solver.timesteps.double() - official[:-1].double()).abs().max() <= 0.5  # diffusers rounds to ints
+    schedule = GaussianSchedule.linear()
+    alpha_bar_0 = float(schedule.alphas_cumprod[0])
+    assert float(solver.sigmas[-1]) == pytest.approx(math.sqrt((1 - alpha_bar_0) / alpha_bar_0), rel=1e-4)
+    # an oracle ε for x0 = 1: the paper schedule lands on x0; the release one stops at t = 1e-3 (σ ≈ 0.01)
+    x0 = torch.ones(4, 2, 8, 8)
+
+    def oracle(x, t):
+        a = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    noise = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    at_zero = sample(oracle, x0.shape, guidance_scale=1.0, noise=noise)
+    at_end = sample(oracle, x0.shape, steps=20, guidance_scale=1.0, noise=noise, timesteps="time_uniform")
+    assert (at_zero - x0).abs().max() < 1e-4
+    residual = at_end - math.sqrt(alpha_bar_0) * x0
+    assert 0.2 < float(residual.std() / math.sqrt(1 - alpha_bar_0)) < 5.0  # the noise left at t_end
+    with pytest.raises(ConfigError, match="DPM-Solver"):
+        SamplingConfig(scheduler="ddim", timesteps="time_uniform")
