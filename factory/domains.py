@@ -30,6 +30,8 @@ from avatar4d.errors import UserError
 
 KINDS = ("prompt", "model", "realistic")
 COMMUNITY_MODEL_PROMPT = "masterpieces, portrait, high-quality"
+# The paper gives no negative prompt; this is the usual Stable Diffusion 1.5 one for portraits.
+DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, worst quality, low quality, blurry, deformed, watermark, text"
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 # Table S1: (slug, concise name, full prompt)
@@ -84,6 +86,12 @@ class DomainSpec(Config):
     path ``base_model``, Civitai name ``model_name``) or "realistic" (FFHQ, no stylization).
     ``generator_checkpoint``: folder of the domain's fine-tuned 4D GAN (an avatar4d checkpoint);
     None uses the tiny random GAN seeded by ``name``.
+
+    Stylize settings (``avatar4d factory stylize``; DESIGN.md "Stylize"): ``negative_prompt``,
+    SDEdit ``strength`` (the share of the diffusion re-run from the noised portrait, ≈ 0.6),
+    ``controlnet_scale`` (weight of the face-landmark ControlNet, ≈ 1.5), classifier-free
+    ``guidance_scale`` (7.5) and sampler ``steps`` (30). A ``model`` domain's ``base_model`` is its
+    community Stable Diffusion checkpoint (a diffusers folder or a single .safetensors file).
     """
 
     name: str = ""
@@ -93,6 +101,11 @@ class DomainSpec(Config):
     base_model: str | None = None
     model_name: str | None = None
     generator_checkpoint: str | None = None
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    strength: float = 0.6
+    controlnet_scale: float = 1.5
+    guidance_scale: float = 7.5
+    steps: int = 30
 
     def __post_init__(self) -> None:
         if not _NAME_PATTERN.match(self.name):
@@ -101,6 +114,9 @@ class DomainSpec(Config):
             raise DomainError(f"domain {self.name}: kind must be one of {list(KINDS)}, got {self.kind!r}")
         if self.kind in ("prompt", "model") and not self.prompt.strip():
             raise DomainError(f"domain {self.name}: a {self.kind} domain needs a prompt")
+        if not 0.0 < self.strength <= 1.0 or self.controlnet_scale < 0 or self.guidance_scale < 0 or self.steps < 1:
+            raise DomainError(f"domain {self.name}: need 0 < strength <= 1, controlnet_scale >= 0, "
+                              "guidance_scale >= 0 and steps >= 1")
         if not self.display_name:
             self.display_name = self.name
 

@@ -19,6 +19,12 @@ Per rank (:func:`worker_main`, the ``train_loop_per_worker`` of a ``TorchTrainer
    shard into a temporary folder, rank 0 adds ``trainer_state.json`` and ``ema.safetensors``, and
    all ranks call ``ray.train.report(..., checkpoint=...)``: Ray merges the folders into
    ``<storage>/<run>/checkpoint_<step>``;
+Tasks that optimise several parts of their model separately (a GAN's generator and discriminator)
+name them in ``TrainTask.optimized_parts``: each part gets its own AdamW (the task's per-part
+hyper-parameters) and its own DeepSpeed engine, saved under the tag ``deepspeed-<part>``; every
+micro-batch runs the task's ``phases(step)`` in order, each phase's loss stepping its part's engine.
+The default is one part (the whole model, tag ``deepspeed``), one phase: the loop above.
+
 5. rank 0 logs metrics and labelled sample grids of the EMA model into the driver's MLflow run
    (:class:`train.tracking.WorkerTracker`; steps an earlier attempt logged are not logged again),
    and at the end saves the EMA model as an avatar4d checkpoint in ``<storage>/<run>/final``; the
@@ -51,7 +57,7 @@ from torch import nn
 from train.config import TrainConfig, deepspeed_config
 from train.data import DatasetInfo
 from train.ema import ExponentialMovingAverage
-from train.task import TaskConfig, TrainTask, config_from_dict, task_classes
+from train.task import MAIN_PART, TaskConfig, TrainTask, config_from_dict, task_classes
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +140,30 @@ def skip_cpu_shm_op() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+def broadcast_scalar_parameters() -> None:
+    """Let DeepSpeed's start-up broadcast handle 0-d parameters (StyleGAN2's ``noise_strength``):
+    DeepSpeed 0.19.8 views every parameter as bytes (``p.data.view(torch.uint8)``), which fails for
+    0-d tensors. The patched broadcast gives them a one-element shape for the call and back."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine._broadcast_model
+    if getattr(original, "avatar4d_patched", False):
+        return
+
+    def broadcast(engine: Any) -> None:
+        scalars = [p for p in engine.module.parameters() if p.dim() == 0]
+        for parameter in scalars:
+            parameter.data = parameter.data.reshape(1)
+        try:
+            original(engine)
+        finally:
+            for parameter in scalars:
+                parameter.data = parameter.data.reshape(())
+
+    broadcast.avatar4d_patched = True  # type: ignore[attr-defined]
+    DeepSpeedEngine._broadcast_model = broadcast  # type: ignore[method-assign]
+
+
 def reduce_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
     """Mean of each metric over all ranks (every rank must pass the same keys)."""
     import torch.distributed as dist
@@ -146,35 +176,47 @@ def reduce_metrics(metrics: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, values.tolist()))
 
 
-def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, train: TrainConfig, **overrides: Any) -> torch.optim.Optimizer:
+    """AdamW over ``model``'s trainable parameters; ``overrides`` (lr, betas, eps, weight_decay)
+    replace the run's values for one part of a multi-part task."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), eps=train.eps,
-                             weight_decay=train.weight_decay)
+    options = {"lr": train.lr, "betas": tuple(train.betas), "eps": train.eps, "weight_decay": train.weight_decay,
+               **overrides}
+    return torch.optim.AdamW(params, **options)
 
 
-def restore(checkpoint: Any, engine: Any, ema: ExponentialMovingAverage) -> TrainerState:
-    """Load the DeepSpeed state (every rank its own shard) and rank 0's step, epoch and EMA."""
+def deepspeed_tag(part: str) -> str:
+    """The checkpoint tag of one optimised part (the single-part default keeps ``deepspeed``)."""
+    return DEEPSPEED_TAG if part == MAIN_PART else f"{DEEPSPEED_TAG}-{part}"
+
+
+def restore(checkpoint: Any, engines: dict[str, Any], ema: ExponentialMovingAverage) -> TrainerState:
+    """Load the DeepSpeed state of every part (every rank its own shard) and rank 0's step, epoch and EMA."""
     from safetensors.torch import load_file
 
     with checkpoint.as_directory() as directory:
-        path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG, load_optimizer_states=True,
-                                         load_lr_scheduler_states=True)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/{DEEPSPEED_TAG}")
+        for part, engine in engines.items():
+            tag = deepspeed_tag(part)
+            path, _ = engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}/{tag}")
         fields = json.loads((Path(directory) / STATE_FILE).read_text())
         state = TrainerState(**{k: v for k, v in fields.items() if k in TrainerState.__dataclass_fields__})
         ema.load_state_dict(load_file(str(Path(directory) / EMA_FILE)), state.ema_updates)
     return state
 
 
-def save_checkpoint(engine: Any, ema: ExponentialMovingAverage, state: TrainerState, rank: int,
+def save_checkpoint(engines: dict[str, Any], ema: ExponentialMovingAverage, state: TrainerState, rank: int,
                     metrics: dict[str, float]) -> None:
-    """Every rank writes its DeepSpeed shard, rank 0 the trainer state and EMA; one Ray checkpoint."""
+    """Every rank writes its DeepSpeed shards (one per part), rank 0 the trainer state and EMA; one
+    Ray checkpoint."""
     import ray.train
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="avatar4d-ckpt-") as directory:
-        engine.save_checkpoint(directory, tag=DEEPSPEED_TAG, client_state={"step": state.step})
+        for part, engine in engines.items():
+            engine.save_checkpoint(directory, tag=deepspeed_tag(part), client_state={"step": state.step})
         if rank == 0:
             (Path(directory) / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
             save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
@@ -218,16 +260,19 @@ class Loop:
         if not self.on_gpu:
             skip_cpu_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo")
+        broadcast_scalar_parameters()
         torch.manual_seed(train.seed)
         model = self.task.build_model()
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             self.task.prepare(model)
-        optimizer = build_optimizer(model, train)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                               config=deepspeed_config(train, on_gpu=self.on_gpu))
-        ema = ExponentialMovingAverage(engine.module, train.ema_decay)
-        state = restore(checkpoint, engine, ema) if checkpoint is not None else TrainerState()
+        engines = {}
+        for part, module in self.task.optimized_parts(model).items():
+            optimizer = build_optimizer(module, train, **self.task.optimizer_options(part))
+            engines[part], _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                          config=deepspeed_config(train, on_gpu=self.on_gpu))
+        ema = ExponentialMovingAverage(model, train.ema_decay)  # the parts' engines wrap this model's modules
+        state = restore(checkpoint, engines, ema) if checkpoint is not None else TrainerState()
         restored_from = state.step if checkpoint is not None else None
         if self.rank == 0:
             self._start_tracking()
@@ -236,7 +281,7 @@ class Loop:
         logger.info("rank %d/%d: steps %d..%d on %s", self.rank, self.world_size, state.step + 1, train.steps,
                     self.device)
         stream = self.task.batches(state.epoch, state.batches_in_epoch)
-        self._loop(engine, ema, state, stream)
+        self._loop(engines, model, ema, state, stream)
 
     def _start_tracking(self) -> None:
         from train.tracking import WorkerTracker
@@ -244,22 +289,27 @@ class Loop:
         if self.mlflow_run_id and self.train.tracking_uri:
             self.tracker = WorkerTracker(self.train.tracking_uri, self.mlflow_run_id)
 
-    def _loop(self, engine: Any, ema: ExponentialMovingAverage, state: TrainerState, stream: Any) -> None:
+    def _loop(self, engines: dict[str, Any], model: nn.Module, ema: ExponentialMovingAverage, state: TrainerState,
+              stream: Any) -> None:
         train = self.train
         batches = iter(stream)
         sums: dict[str, float] = {}
-        count, window_start, window_samples = 0, time.perf_counter(), 0
+        counts: dict[str, int] = {}
+        window_start, window_samples = time.perf_counter(), 0
+        first_engine = next(iter(engines.values()))
         for step in range(state.step + 1, train.steps + 1):
             generator = torch.Generator().manual_seed(step_seed(train.seed, self.rank, step))
             for _ in range(train.grad_accumulation):
                 batch = next(batches)
-                out = self.task.step(engine, batch, generator)
-                engine.backward(out.loss)
-                engine.step()
-                for key, value in out.metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-            ema.update(engine.module)
+                for phase in self.task.phases(step):
+                    out = self.task.phase_step(phase, engines, batch, generator, step)
+                    engine = engines[self.task.phase_part(phase)]
+                    engine.backward(out.loss)
+                    engine.step()
+                    for key, value in out.metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                        counts[key] = counts.get(key, 0) + 1
+            ema.update(model)
             state = TrainerState(step=step, epoch=getattr(stream, "epoch", 0), ema_updates=ema.num_updates,
                                  samples=state.samples + train.samples_per_step,
                                  batches_in_epoch=getattr(stream, "position", 0))
@@ -269,21 +319,21 @@ class Loop:
             wants_checkpoint = step % train.checkpoint_every == 0 or is_last
             if step % train.log_every == 0 or wants_checkpoint:
                 elapsed = time.perf_counter() - window_start
-                local = {key: value / count for key, value in sums.items()}
+                local = {key: value / counts[key] for key, value in sums.items()}
                 metrics = reduce_metrics(local, self.device)
-                metrics.update(step=step, lr=float(engine.get_lr()[0]), epoch=state.epoch,
+                metrics.update(step=step, lr=float(first_engine.get_lr()[0]), epoch=state.epoch,
                                steps_per_second=(window_samples / train.samples_per_step) / max(elapsed, 1e-9),
                                samples_per_second=window_samples / max(elapsed, 1e-9))
                 self._log(metrics, step)
                 if wants_checkpoint:
-                    save_checkpoint(engine, ema, state, self.rank, metrics)
+                    save_checkpoint(engines, ema, state, self.rank, metrics)
                     if self.rank == 0:
                         append_event(self.run_dir, "checkpoint", step=step)
                 else:
                     import ray.train
 
                     ray.train.report(metrics)
-                sums, count, window_start, window_samples = {}, 0, time.perf_counter(), 0
+                sums, counts, window_start, window_samples = {}, {}, time.perf_counter(), 0
             if self.rank == 0 and ((train.image_every and step % train.image_every == 0) or is_last):
                 self._log_images(ema, step)
         if self.rank == 0:

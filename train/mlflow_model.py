@@ -11,7 +11,10 @@ Inputs and outputs (float32 numpy arrays; the signature records the shapes):
 - ``triplane_vae``: ``{"triplane": [B, F, C, R, R]}`` (data units) → ``{"latent": [B, E, F, r, r]``
   (posterior mean), ``"reconstruction": [B, F, C, R, R]}``;
 - ``dit``: ``{"latent": [B, C, H, W], "timestep": [B], "clip_tokens": [B, Tc, Dc], "dino_tokens":
-  [B, Td, Dd]}`` → ``{"prediction": [B, 2·C, H, W]}`` (ε and the learned-variance channels).
+  [B, Td, Dd]}`` → ``{"prediction": [B, 2·C, H, W]}`` (ε and the learned-variance channels);
+- ``next3d_generator`` (a fine-tuned domain GAN): ``{"z": [B, z_dim], "camera": [B, 25] (EG3D label),
+  "face_params": [B, D] (coefficients of the procedural head)}`` → ``{"image": [B, 3, S, S]}`` in
+  [-1, 1] (truncation ψ 0.7).
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
             from avatar4d.models.vae import TriplaneVAE as model_class
         elif self.component == "dit":
             from avatar4d.models.dit import ImageConditionedDiT as model_class
+        elif self.component == "next3d_generator":
+            from avatar4d.geometry.morphable import default_head_model
+            from avatar4d.models.next3d import Next3DGenerator as model_class
+
+            self.head = default_head_model()
         else:
             raise ValueError(f"no pyfunc for {self.component!r} checkpoints")
         self.model = model_class.from_pretrained(path).eval()
@@ -59,6 +67,14 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
             if self.component == "triplane_vae":
                 latent = self.model.encode_triplane(inputs["triplane"])
                 return {"latent": latent.numpy(), "reconstruction": self.model.decode_triplane(latent).numpy()}
+            if self.component == "next3d_generator":
+                from avatar4d.geometry.camera import Camera
+                from avatar4d.geometry.morphable import FaceParams
+
+                params = FaceParams.from_vector(inputs["face_params"], self.head.identity_dim, self.head.expression_dim)
+                out = self.model(inputs["z"], Camera.from_label(inputs["camera"]), self.head.vertices(params),
+                                 truncation_psi=0.7)
+                return {"image": out.image.numpy()}
             prediction = self.model(inputs["latent"], inputs["timestep"], inputs["clip_tokens"],
                                     inputs["dino_tokens"])
             return {"prediction": prediction.numpy()}

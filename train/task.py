@@ -27,7 +27,10 @@ TASKS: dict[str, tuple[str, str, str]] = {
     "vae": ("train.vae.task", "VAETask", "VAETrainConfig"),
     "dit": ("train.dit.task", "DiTTask", "DiTTrainConfig"),
     "renderer": ("train.renderer.task", "RendererTask", "RendererTrainConfig"),
+    "gan": ("train.gan.task", "GANTask", "GANTrainConfig"),
 }
+#: the part name of a task that optimises its whole model with one optimiser (the default)
+MAIN_PART = "model"
 
 
 @dataclasses.dataclass
@@ -126,10 +129,11 @@ class TrainTask(abc.ABC):
         """This rank's endless micro-batches from batch ``start_position`` of epoch ``start_epoch``;
         ``.epoch`` / ``.position`` of the returned iterable tell where it is (a :class:`train.data.RankStream`)."""
 
-    @abc.abstractmethod
     def step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
         """Loss of one micro-batch. ``model`` is the DeepSpeed engine (call it like the module);
-        ``generator`` (CPU) draws this step's randomness."""
+        ``generator`` (CPU) draws this step's randomness. Every single-part task implements it;
+        a task with several parts implements :meth:`phase_step` instead."""
+        raise NotImplementedError(f"task {self.name!r} has several optimised parts: it implements phase_step")
 
     @abc.abstractmethod
     def sample_images(self, model: nn.Module, step: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -139,6 +143,31 @@ class TrainTask(abc.ABC):
     @abc.abstractmethod
     def save_model(self, model: nn.Module, directory: Path, *, step: int, metadata: dict[str, Any]) -> None:
         """Write ``model`` as an avatar4d checkpoint (safetensors + config JSON) to ``directory``."""
+
+    # --- several optimised parts (optional) ----------------------------------------------------
+    def optimized_parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Sub-modules of ``model`` optimised separately, by part name: each gets its own AdamW
+        (:meth:`optimizer_options`) and DeepSpeed engine. Default: the whole model, one part."""
+        return {MAIN_PART: model}
+
+    def optimizer_options(self, part: str) -> dict[str, Any]:
+        """AdamW options of ``part`` that differ from the run's (``lr``, ``betas``, ``eps``, ``weight_decay``)."""
+        return {}
+
+    def phases(self, step: int) -> tuple[str, ...]:
+        """The phases of one micro-batch at ``step``, in order (e.g. a GAN's generator then discriminator
+        step); each phase's loss steps the engine of :meth:`phase_part`. Default: one phase."""
+        return (MAIN_PART,)
+
+    def phase_part(self, phase: str) -> str:
+        """The optimised part whose engine a phase's loss steps (default: the part of the phase's name)."""
+        return phase
+
+    def phase_step(self, phase: str, engines: dict[str, nn.Module], batch: dict[str, Any],
+                   generator: torch.Generator, step: int) -> StepOutput:
+        """Loss of one phase of a micro-batch (``engines``: the parts' DeepSpeed engines by part name).
+        Default: :meth:`step` on the one engine."""
+        return self.step(engines[MAIN_PART], batch, generator)
 
     def model_dtype(self, model: nn.Module) -> torch.dtype:
         return next(model.parameters()).dtype

@@ -233,7 +233,22 @@ def input_example(component: str, config: Mapping[str, Any]) -> dict[str, np.nda
                 "timestep": np.array([500.0], dtype=np.float32),
                 "clip_tokens": normal(1, config["clip_tokens"], config["clip_channels"]),
                 "dino_tokens": normal(1, config["dino_tokens"], config["dino_channels"])}
+    if component == "next3d_generator":
+        from avatar4d.geometry.morphable import default_head_model
+
+        head = default_head_model()
+        z_dim = config["backbone"]["z_dim"]
+        return {"z": rng.standard_normal((1, z_dim)).astype(np.float32),
+                "camera": frontal_label(),
+                "face_params": np.zeros((1, head.identity_dim + head.expression_dim + 3), dtype=np.float32)}
     raise ValueError(f"no pyfunc for {component!r} checkpoints")
+
+
+def frontal_label() -> np.ndarray:
+    """[1, 25] the EG3D label of the frontal camera (the generator's example input)."""
+    from avatar4d.geometry.camera import orbit_camera
+
+    return orbit_camera(0.0, 0.0).to_label().numpy().astype(np.float32)
 
 
 def _predict_example(checkpoint_dir: Path, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
