@@ -40,9 +40,9 @@ SUPPORTED_SCHEMES = ("s3",)
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 REDACTED = "***"
 
-__all__ = ["RedactingFilter", "check_uri", "delete", "download_dir", "endpoint_url", "exists", "filesystem",
-           "is_remote", "join", "list_files", "parent", "read_text", "redact", "storage_options", "tree_bytes",
-           "upload_dir", "write_text"]
+__all__ = ["RedactingFilter", "cache_root", "check_uri", "delete", "download_dir", "endpoint_url", "exists",
+           "filesystem", "is_remote", "join", "list_files", "local_copy", "local_copy_path", "parent", "read_text",
+           "redact", "storage_options", "tree_bytes", "upload_dir", "write_text"]
 
 
 def is_remote(uri: str | Path) -> bool:
@@ -222,6 +222,47 @@ def download_dir(uri: str, local: str | Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(f"{root}/{relative}") as stream:
             target.write_bytes(stream.read())
+
+
+def cache_root() -> Path:
+    """This machine's avatar4d cache: ``$AVATAR4D_CACHE_DIR``, else ``~/.cache/avatar4d``."""
+    return Path(os.environ.get("AVATAR4D_CACHE_DIR") or Path.home() / ".cache" / "avatar4d").expanduser()
+
+
+def local_copy_path(uri: str) -> Path:
+    """Where :func:`local_copy` keeps this machine's copy of the object-store folder ``uri``."""
+    import hashlib
+
+    uri = str(uri).rstrip("/")
+    parent_digest = hashlib.sha256(parent(uri).encode()).hexdigest()[:16]
+    return cache_root() / "copies" / parent_digest / uri.rsplit("/", 1)[1]
+
+
+def local_copy(uri: str, *, marker: str | None = None) -> Path:
+    """A local folder with the files under ``uri`` (a local path is returned as it is): downloaded
+    once per machine into :func:`cache_root`/``copies`` through a staging folder renamed into
+    place, so concurrent callers never see half a copy. ``marker``: a file that must exist under
+    ``uri`` (written last by its writer, e.g. ``checkpoint.json``), else ``FileNotFoundError``."""
+    if not is_remote(uri):
+        return Path(str(uri).removeprefix("file://")).expanduser()
+    import shutil
+    import uuid
+
+    uri = check_uri(uri).rstrip("/")
+    target = local_copy_path(uri)
+    if target.is_dir() and (marker is None or (target / marker).is_file()):
+        return target
+    if not exists(join(uri, marker) if marker else uri):
+        raise FileNotFoundError(f"{uri}: not found" + (f" (no {marker})" if marker else ""))
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.staging"
+    download_dir(uri, staging)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another process of this machine copied it first
+        if not target.is_dir():
+            raise
+    return target
 
 
 # ---- keeping secrets out of text ---------------------------------------------------------------

@@ -13,7 +13,7 @@ weights (and the same ``weights_sha256``) on every machine with the same torch v
 
 The cache (and a catalog's checkpoint) may be on object storage (``s3://…``, the factory's default
 when ``--out`` is a bucket): a worker uses its node's local copy (under
-:func:`~factory.inspect.cache_root`), downloads the stored checkpoint when there is one, else makes
+:func:`avatar4d.storage.local_copy_path`), downloads the stored checkpoint when there is one, else makes
 it locally and uploads it, ``checkpoint.json`` last (readers wait for it, so they never take half
 a checkpoint; two nodes making the same domain upload identical bytes).
 """
@@ -112,47 +112,27 @@ def ensure_domain_generator(domain: DomainSpec, cache_dir: str | Path, preset: s
     checkpoint) may be an object-store URI (see the module docstring), else see
     :func:`ensure_local_generator`."""
     if domain.generator_checkpoint and storage.is_remote(domain.generator_checkpoint):
-        local = _mirror(storage.check_uri(domain.generator_checkpoint, f"domain {domain.name}: checkpoint"))
-        return ensure_local_generator(dataclasses.replace(domain, generator_checkpoint=str(local)), Path(local),
-                                      preset, kind)
+        local = _local_copy(storage.check_uri(domain.generator_checkpoint, f"domain {domain.name}: checkpoint"))
+        return ensure_local_generator(dataclasses.replace(domain, generator_checkpoint=str(local)), local, preset,
+                                      kind)
     if domain.generator_checkpoint or not storage.is_remote(cache_dir):
         return ensure_local_generator(domain, Path(cache_dir), preset, kind)
     remote = storage.join(storage.check_uri(cache_dir, "generator cache"), domain.name)
     if storage.exists(storage.join(remote, CHECKPOINT_MARKER)):
-        local = _mirror(remote)
+        local = _local_copy(remote)
         _check_existing(local, domain, preset, kind)
         return local
-    local = ensure_local_generator(domain, _mirror_root(str(cache_dir)), preset, kind)
+    local = ensure_local_generator(domain, storage.local_copy_path(remote).parent, preset, kind)
     storage.upload_dir(local, remote, last=CHECKPOINT_MARKER)
     logger.info("uploaded the %s %s generator of domain %s to %s", preset, kind, domain.name, remote)
     return local
 
 
-def _mirror_root(uri: str) -> Path:
-    """This node's folder for local copies of the checkpoints under ``uri``."""
-    from factory.inspect import cache_root
-
-    return cache_root() / "generators" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-
-
-def _mirror(uri: str) -> Path:
-    """A local copy of the checkpoint folder ``uri`` (downloaded once per node into a staging folder
-    and renamed into place, like :func:`ensure_local_generator`)."""
-    parent, name = storage.parent(uri), uri.rstrip("/").rsplit("/", 1)[1]
-    target = _mirror_root(parent) / name
-    if (target / CHECKPOINT_MARKER).is_file():
-        return target
-    if not storage.exists(storage.join(uri, CHECKPOINT_MARKER)):
-        raise GeneratorCheckpointError(f"generator checkpoint not found: {uri} (no {CHECKPOINT_MARKER})")
-    staging = target.parent / f".{name}.{uuid.uuid4().hex}.staging"
-    storage.download_dir(uri, staging)
+def _local_copy(uri: str) -> Path:
     try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # another worker of this node downloaded it first
-        if not target.is_dir():
-            raise
-    return target
+        return storage.local_copy(uri, marker=CHECKPOINT_MARKER)
+    except FileNotFoundError:
+        raise GeneratorCheckpointError(f"generator checkpoint not found: {uri} (no {CHECKPOINT_MARKER})") from None
 
 
 def ensure_local_generator(domain: DomainSpec, cache_dir: Path, preset: str = "tiny", kind: str = "gan") -> Path:

@@ -141,12 +141,7 @@ def local_state_dir(out: str | Path) -> Path:
     import hashlib
 
     digest = hashlib.sha256(str(out).rstrip("/").encode()).hexdigest()[:16]
-    return cache_root() / "factory-state" / digest
-
-
-def cache_root() -> Path:
-    """This machine's avatar4d cache: ``$AVATAR4D_CACHE_DIR``, else ``~/.cache/avatar4d``."""
-    return Path(os.environ.get("AVATAR4D_CACHE_DIR") or Path.home() / ".cache" / "avatar4d").expanduser()
+    return storage.cache_root() / "factory-state" / digest
 
 
 def committed_chunks(out: str) -> dict[str, set[str]]:

@@ -112,6 +112,10 @@ class TrainConfig(Config):
         environment is consulted on the driver only, by :func:`train.tracking.resolve_tracking`)."""
         if self.tracking_uri:
             return self.tracking_uri
+        if "://" in self.storage_path and not self.storage_path.startswith("file://"):
+            raise ConfigError(f"--storage {self.storage_path} is on object storage, where MLflow cannot keep a sqlite "
+                              "database: pass --tracking-uri (an MLflow server, or sqlite:///PATH on this machine) "
+                              "or set MLFLOW_TRACKING_URI")
         return f"sqlite:///{Path(self.storage_path).expanduser().resolve() / 'mlflow.db'}"
 
     def artifact_location(self) -> str | None:
@@ -121,6 +125,8 @@ class TrainConfig(Config):
         uri = self.resolved_tracking_uri()
         if not uri.startswith("sqlite:///"):
             return None
+        if "://" in self.storage_path and not self.storage_path.startswith("file://"):
+            return f"{self.storage_path.rstrip('/')}/mlartifacts"  # next to the runs, in the bucket (boto3: AWS_*)
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
 
     def resolved_precision(self, on_gpu: bool) -> str:

@@ -63,11 +63,13 @@ def inspect_dataset(uri: str, required: list[str], *, what: str, hint: str) -> D
     """
     import lance
 
+    from avatar4d.storage import storage_options
+
     local = "://" not in uri or uri.startswith("file://")
     if local and not (Path(uri.removeprefix("file://")) / "_versions").is_dir():
         raise DatasetError(f"{what} not found: {uri} ({hint})")
     try:
-        dataset = lance.dataset(uri)
+        dataset = lance.dataset(uri, storage_options=storage_options(uri))  # s3://: see avatar4d.storage
     except (ValueError, OSError) as exc:
         raise DatasetError(f"cannot open the {what} {uri}: {str(exc).splitlines()[0]}") from None
     names = dataset.schema.names

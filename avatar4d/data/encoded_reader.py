@@ -30,7 +30,10 @@ class EncodedShardReader(LanceShardReader):
             if specs is None:
                 import lance
 
-                specs = encoded_specs(lance.dataset(self.uri, version=self.version).schema) if self.decode else {}
+                from avatar4d.storage import storage_options
+
+                dataset = lance.dataset(self.uri, version=self.version, storage_options=storage_options(self.uri))
+                specs = encoded_specs(dataset.schema) if self.decode else {}
             for name, spec in specs.items():
                 if isinstance(batch.get(name), list):  # raw bytes (the base reader knows only the factory's specs)
                     batch[name] = decode_tensors(batch[name], spec)

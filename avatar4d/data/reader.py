@@ -113,7 +113,10 @@ class LanceShardReader(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import lance
 
-        dataset = lance.dataset(self.uri, version=self.version)  # opened here, inside the worker process
+        from avatar4d.storage import storage_options  # s3://: endpoint and region from the AWS_* variables
+
+        dataset = lance.dataset(self.uri, version=self.version,  # opened here, inside the worker process
+                                storage_options=storage_options(self.uri))
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         columns = self.columns or dataset.schema.names

@@ -43,12 +43,23 @@ class GeneratorIndex:
     """``weights_sha256`` → checkpoint folder of every generator checkpoint under ``roots``."""
 
     def __init__(self, roots: list[str | Path]) -> None:
-        self.roots = [Path(root).expanduser() for root in roots]
+        from avatar4d import storage
+
+        # an object-store root (s3://…/generators) is listed there; each checkpoint under it is
+        # downloaded once per machine (storage.local_copy) and read from the local copy
+        self.roots = [str(root) if storage.is_remote(root) else Path(root).expanduser() for root in roots]
         self.paths: dict[str, Path] = {}
         for root in self.roots:
-            if not root.is_dir():
+            if isinstance(root, str):
+                folders = [storage.join(root, name.rsplit("/", 1)[0]) for name in storage.list_files(root)
+                           if name.endswith("/checkpoint.json")]
+                info_files = [storage.local_copy(folder, marker="checkpoint.json") / "checkpoint.json"
+                              for folder in sorted(folders)]
+            elif root.is_dir():
+                info_files = sorted(root.rglob("checkpoint.json"))
+            else:
                 continue
-            for info_file in sorted(root.rglob("checkpoint.json")):
+            for info_file in info_files:
                 try:
                     info = read_checkpoint_info(info_file.parent)
                 except CheckpointError:

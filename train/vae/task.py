@@ -42,7 +42,9 @@ PREVIEW_CELL = 128  # px: renders are enlarged to at least this, so grids can be
 
 
 def generator_roots(config: VAETrainConfig) -> list[str]:
-    return list(config.loss.generators) or [str(Path(config.data) / "generators")]
+    from avatar4d.storage import join  # s3://…/generators as well as a local folder
+
+    return list(config.loss.generators) or [join(config.data, "generators")]
 
 
 def _face_dims(info: DatasetInfo) -> tuple[int | None, int | None]:
@@ -77,7 +79,10 @@ class VAETask(TrainTask):
 
             build_lpips(loss.lpips_net, loss.lpips_backbone, random_backbone=loss.lpips_random_backbone)
         if loss.renders:
-            table = lance.dataset(info.uri, version=info.version).to_table(columns=["generator_sha256", "domain"])
+            from avatar4d.storage import storage_options
+
+            table = lance.dataset(info.uri, version=info.version, storage_options=storage_options(info.uri)
+                                  ).to_table(columns=["generator_sha256", "domain"])
             pairs = dict(zip(table.column("generator_sha256").to_pylist(), table.column("domain").to_pylist()))
             index = GeneratorIndex(generator_roots(config))
             for sha, domain in sorted(pairs.items()):
