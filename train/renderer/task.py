@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 MULTIVIEW_HINT = "make one with `avatar4d factory run --multiview-identities N`"
 COLUMNS = ["triplane", "views", "domain", "generator_sha256"]
 PREVIEW_CELL = 128
+RASTER_CACHE_ENTRIES = 4096  # rasterized target meshes kept per rank (a view's mesh never changes)
 
 
 class RendererModel(nn.Module):
@@ -49,12 +51,12 @@ class RendererModel(nn.Module):
         super().__init__()
         self.renderer, self.motion_encoder, self.discriminator = renderer, motion_encoder, discriminator
 
-    def forward(self, source_image: Tensor, triplane: Tensor, driving_image: Tensor, target_vertices: Tensor,
-                camera: Tensor, resolution: int) -> dict[str, Tensor]:
-        # images [B, 3, S, S], triplane [B, 4, C, R, R], vertices [B, V, 3], camera [B, 25] -> renderer outputs
+    def forward(self, source_image: Tensor, triplane: Tensor, driving_image: Tensor,
+                target_mesh: Tensor | tuple[Tensor, Tensor], camera: Tensor, resolution: int) -> dict[str, Tensor]:
+        # images [B, 3, S, S], triplane [B, 4, C, R, R], mesh [B, V, 3] (or its rasterization), camera [B, 25]
         source_motion = self.motion_encoder(source_image)  # [B, D]
         motion = self.motion_encoder(driving_image)  # [B, D]
-        return self.renderer(source_image, triplane, motion, target_vertices, camera, source_motion=source_motion,
+        return self.renderer(source_image, triplane, motion, target_mesh, camera, source_motion=source_motion,
                              neural_resolution=resolution)
 
 
@@ -124,6 +126,7 @@ class RendererTask(TrainTask):
         self.loss = RendererLoss(config.loss).to(self.device)
         self.calls = 0
         self._preview: RendererBatch | None = None
+        self._rasters: OrderedDict[bytes, tuple[Tensor, Tensor]] = OrderedDict()
 
     def build_model(self) -> nn.Module:
         cfg = self.config
@@ -157,13 +160,30 @@ class RendererTask(TrainTask):
         params = FaceParams.from_vector(face_params.cpu(), self.identity_dim, self.expression_dim)
         return self.head.vertices(params).float().to(self.device)  # [B, V, 3]
 
-    def targets(self, module: RendererModel, batch: RendererBatch, vertices: Tensor, resolution: int
+    @torch.no_grad()
+    def rasterized(self, renderer: MotionAwareRenderer, face_params: Tensor) -> tuple[Tensor, Tensor]:
+        """The target meshes rasterized over the face box, (uv [B, r, r, 2], mask [B, 1, r, r]); each view's
+        rasterization is computed once and kept (LRU, :data:`RASTER_CACHE_ENTRIES`): a pure-PyTorch
+        rasterization costs more than the rest of a tiny training step."""
+        keys = [row.numpy().tobytes() for row in face_params.detach().cpu().float()]
+        missing = [i for i, key in enumerate(keys) if key not in self._rasters]
+        if missing:
+            uv, mask = renderer.rasterize(self.vertices(face_params[missing]))
+            for j, i in enumerate(missing):
+                self._rasters[keys[i]] = (uv[j].cpu(), mask[j].cpu())
+        for key in keys:
+            self._rasters.move_to_end(key)
+        while len(self._rasters) > RASTER_CACHE_ENTRIES:
+            self._rasters.popitem(last=False)
+        uv = torch.stack([self._rasters[k][0] for k in keys]).to(self.device)
+        return uv, torch.stack([self._rasters[k][1] for k in keys]).to(self.device)
+
+    def targets(self, module: RendererModel, batch: RendererBatch, raster: tuple[Tensor, Tensor], resolution: int
                 ) -> dict[str, Tensor]:
         """The target view at the rendered resolution, and the clean parametric triplane through the target mesh."""
         renderer = module.renderer
         with torch.no_grad():
-            uv, mask = renderer.mesh_conditioner(vertices)
-            planes = ParametricTriplane.from_stacked(batch.triplane).compose(uv, mask, renderer.face_box)
+            planes = ParametricTriplane.from_stacked(batch.triplane).compose(*raster, renderer.face_box)
         size = (resolution, resolution)
         return {"image": batch.target_image, "image_raw": resize(batch.target_features[:, :3], size),
                 "features": resize(batch.target_features, size), "depth": resize(batch.target_depth, size),
@@ -181,11 +201,11 @@ class RendererTask(TrainTask):
         views = pick_views(batch, generator)
         views = RendererBatch(**{k: v.to(self.device) if isinstance(v, Tensor) else v
                                  for k, v in vars(views).items()})
-        vertices = self.vertices(views.target_face_params)
+        raster = self.rasterized(module.renderer, views.target_face_params)
         resolution = int(now["resolution"])
-        out = model(views.source_image, degrade(views.triplane, cfg.input_downsample), views.target_image, vertices,
+        out = model(views.source_image, degrade(views.triplane, cfg.input_downsample), views.target_image, raster,
                     views.target_camera, resolution)
-        target = self.targets(module, views, vertices, resolution)
+        target = self.targets(module, views, raster, resolution)
         terms = self.loss.reconstruction(out, target)
         if now["adversarial"]:
             adv = self.loss.adversarial(module.discriminator, out, target["image"], target["image_raw"],

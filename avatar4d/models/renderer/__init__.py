@@ -3,7 +3,7 @@
     from avatar4d.models.renderer import RendererConfig, RENDERER_PRESETS, MotionAwareRenderer, MotionEncoder
 
 ``MotionAwareRenderer(RENDERER_PRESETS.get("tiny"))(source_image, parametric_triplane, motion,
-target_vertices, camera, source_motion=...)`` → dict(image, image_raw, depth, opacity, features, planes);
+target_mesh, camera, source_motion=...)`` → dict(image, image_raw, depth, opacity, features, planes);
 ``MotionEncoder(MOTION_ENCODER_PRESETS.get("tiny"))(driving_image)`` → [B, D]. Signatures and shapes:
 :mod:`avatar4d.models.renderer.model` and :mod:`avatar4d.models.renderer.motion`.
 """

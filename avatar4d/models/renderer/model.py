@@ -5,7 +5,9 @@ Call::
     out = renderer(source_image,          # [B, 3, H, W] in [-1, 1], any H = W (resized to 2·R)
                    parametric_triplane,   # [B, 4, C, R, R] de-normalised (plane 0 UV texture, 1-3 static)
                    motion,                # [B, D] driving motion embedding (MotionEncoder or PD-FGC)
-                   target_vertices,       # [B, V, 3] the target expression's mesh (the head model's topology)
+                   target_mesh,           # [B, V, 3] the target expression's mesh vertices (the head model's
+                                          #   topology), or its rasterization (uv_grid [B, r, r, 2], face_mask
+                                          #   [B, 1, r, r]) from ``renderer.rasterize(vertices)``
                    camera,                # avatar4d Camera (B or 1) or 25-d labels [B, 25]
                    source_motion=None,    # [B, D] the source portrait's motion (neutralisation); None: zeros
                    neural_resolution=None, motion_scale=1.0, generator=None)
@@ -103,15 +105,22 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         w_avg = self.face_backbone.mapping.w_avg  # [w_dim]
         return w_avg[None, None].expand(batch, self.face_backbone.num_ws, -1)
 
-    def parametric_planes(self, parametric_triplane: Tensor, target_vertices: Tensor) -> Tensor:
-        """The parametric triplane [B, 4, C, R, R] placed through the target mesh → [B, 3, C, R, R]."""
+    def rasterize(self, vertices: Tensor) -> tuple[Tensor, Tensor]:
+        """A mesh [B, V, 3] rasterized over the face box: (uv_grid [B, r, r, 2], face_mask [B, 1, r, r]).
+        It depends on the mesh only, so callers that render one mesh many times can keep it."""
+        return self.mesh_conditioner(vertices)
+
+    def parametric_planes(self, parametric_triplane: Tensor, target_mesh: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """The parametric triplane [B, 4, C, R, R] placed through the target mesh (vertices or their
+        :meth:`rasterize` output) → [B, 3, C, R, R]."""
         cfg = self.config
         b, c, r = parametric_triplane.shape[0], cfg.plane_channels, cfg.plane_resolution
         if parametric_triplane.shape[1:] != (4, c, r, r):
             raise ValueError(f"parametric_triplane must be [B, 4, {c}, {r}, {r}], "
                              f"got {tuple(parametric_triplane.shape)}")
         texture, static = parametric_triplane[:, 0], parametric_triplane[:, 1:]
-        uv_grid, face_mask = self.mesh_conditioner(target_vertices)  # [B, r_f, r_f, 2], [B, 1, r_f, r_f]
+        uv_grid, face_mask = (target_mesh if isinstance(target_mesh, tuple)
+                              else self.rasterize(target_mesh))  # [B, r_f, r_f, 2], [B, 1, r_f, r_f]
         dtype = torch.promote_types(parametric_triplane.dtype, torch.float32)
         full_alpha, holes = fill_holes(face_mask)
         mouth = holes.clone()
@@ -153,11 +162,12 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         refined = self.generator_triplane(canonical, features_detail, planes.reshape(b, 3 * c, r, r))
         return refined.view(b, 3, c, r, r)
 
-    def forward(self, source_image: Tensor, parametric_triplane: Tensor, motion: Tensor, target_vertices: Tensor,
-                camera: Camera | Tensor, *, source_motion: Tensor | None = None, neural_resolution: int | None = None,
+    def forward(self, source_image: Tensor, parametric_triplane: Tensor, motion: Tensor,
+                target_mesh: Tensor | tuple[Tensor, Tensor], camera: Camera | Tensor, *,
+                source_motion: Tensor | None = None, neural_resolution: int | None = None,
                 motion_scale: float = 1.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """See the module docstring for shapes; returns image, image_raw, depth, opacity, features, planes."""
-        planes = self.parametric_planes(parametric_triplane, target_vertices)  # [B, 3, C, R, R]
+        planes = self.parametric_planes(parametric_triplane, target_mesh)  # [B, 3, C, R, R]
         refined = self.refine(source_image, planes, motion, source_motion, motion_scale)
         return self.render(refined, camera, neural_resolution=neural_resolution, generator=generator)
 
