@@ -8,8 +8,11 @@ weight-averaged (depth divided by the total weight; a ray with zero weight gets 
 then clamped to the ray's sample range), an optional white background adds ``1 - total weight``,
 and every composited feature is mapped from [0, 1] to [-1, 1].
 
-The depth clamp uses each ray's own sample range (EG3D clamps to the whole batch's range) so a
-render does not depend on the rest of its batch. Compositing runs in float32.
+The depth clamp uses each ray's own sample range by default, so a render does not depend on the
+rest of its batch; EG3D/Next3D++ clamp to the whole batch's range (``torch.clamp(depth,
+torch.min(depths), torch.max(depths))`` in ``ray_marcher.py``), which
+:class:`~avatar4d.rendering.renderer.TriplaneRenderer` applies after compositing with
+``clamp_depth=False`` here when ``RenderingConfig.batch_statistics`` is set. Compositing runs in float32.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def activate_density(sigma: Tensor, clamp_mode: str = "softplus", density_bias: 
 
 
 def march_rays(colors: Tensor, densities: Tensor, depths: Tensor, *, clamp_mode: str = "softplus",
-               density_bias: float = -1.0, white_back: bool = False) -> RayMarchResult:
+               density_bias: float = -1.0, white_back: bool = False, clamp_depth: bool = True) -> RayMarchResult:
     """Composite samples sorted by depth: colors [B, R, S, C] (in [0, 1]), raw densities [B, R, S],
     depths [B, R, S] -> :class:`RayMarchResult`."""
     if depths.shape[2] < 2:
@@ -69,7 +72,8 @@ def march_rays(colors: Tensor, densities: Tensor, depths: Tensor, *, clamp_mode:
     # NaN gradient on fully transparent rays.
     depth = torch.where(opacity > 0, weighted_depth / opacity.clamp_min(_MIN_OPACITY),
                         torch.full_like(opacity, float("inf")))
-    depth = torch.minimum(torch.maximum(depth, depths.amin(dim=2)), depths.amax(dim=2))
+    if clamp_depth:  # per ray; without it a transparent ray keeps +inf for the caller's batch-wide clamp
+        depth = torch.minimum(torch.maximum(depth, depths.amin(dim=2)), depths.amax(dim=2))
     if white_back:
         features = features + (1.0 - opacity)[..., None]
     return RayMarchResult(features=features * 2.0 - 1.0, depth=depth, weights=weights, opacity=opacity)

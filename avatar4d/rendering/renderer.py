@@ -32,7 +32,14 @@ class RenderingConfig(Config):
     ``ray_start = ray_end = None`` selects Next3D++'s "auto" range ``[d - 0.45, d + 0.6]`` (``d``:
     camera distance to the world origin). ``pixel_centers=False`` reproduces Next3D++'s integer
     pixel coordinates. ``deterministic`` removes the jitter of both stratified and importance
-    sampling (evaluation). ``plane_convention``: see :mod:`avatar4d.rendering.planes`.
+    sampling (evaluation); ``jitter_in_deterministic=True`` keeps the stratified jitter then, as the
+    official evaluation mode does (it only makes importance sampling deterministic, ``det=evaluation``).
+    Default off: a deterministic render should not depend on a random draw, and comparisons and
+    tests rely on it. ``batch_statistics=True`` reproduces the official batch coupling: the auto ray
+    range from the batch's mean camera distance and the depth clamp to the whole batch's sample range;
+    default off, so a render never depends on what else is in its batch (the factory pads batches),
+    and the two agree for cameras at one radius and rays that hit something.
+    ``plane_convention``: see :mod:`avatar4d.rendering.planes`.
     """
 
     plane_convention: str = "next3dpp"
@@ -47,6 +54,8 @@ class RenderingConfig(Config):
     white_back: bool = False
     pixel_centers: bool = True
     deterministic: bool = False
+    jitter_in_deterministic: bool = False
+    batch_statistics: bool = False
     max_points_per_chunk: int = 1 << 22
 
     def __post_init__(self) -> None:
@@ -148,22 +157,27 @@ class TriplaneRenderer(nn.Module):
         camera = camera.to(device=planes.device, dtype=torch.float32)
 
         origins, directions = camera_rays(camera, resolution, cfg.pixel_centers)  # [B, M, 3] each
-        ray_start, ray_end = resolve_ray_range(camera.origin, cfg.ray_start, cfg.ray_end)  # [B, 1] each
+        ray_start, ray_end = resolve_ray_range(camera.origin, cfg.ray_start, cfg.ray_end,
+                                               batch_mean=cfg.batch_statistics)  # [B, 1] each
         num_rays = origins.shape[1]
         coarse_noise, fine_uniform = self._draw_randomness(batch, num_rays, planes.device, generator)
 
         rays_per_chunk = max(1, cfg.max_points_per_chunk // (batch * cfg.samples_per_ray))
-        chunks = []
+        chunks, ranges = [], []
         for first in range(0, num_rays, rays_per_chunk):
             rays = slice(first, first + rays_per_chunk)
-            chunks.append(self._render_rays(
+            chunk, depth_range = self._render_rays(
                 planes, decoder, origins[:, rays], directions[:, rays], ray_start, ray_end,
                 None if coarse_noise is None else coarse_noise[:, rays],
-                None if fine_uniform is None else fine_uniform[:, rays]))
+                None if fine_uniform is None else fine_uniform[:, rays])
+            chunks.append(chunk)
+            ranges.append(depth_range)
         logger.debug("rendered %d rays x %d samples in %d chunk(s)", num_rays, cfg.samples_per_ray, len(chunks))
 
         features = torch.cat([c.features for c in chunks], dim=1)  # [B, M, C]
         depth = torch.cat([c.depth for c in chunks], dim=1)  # [B, M]
+        if cfg.batch_statistics:  # the official clamp to the whole batch's sample depths
+            depth = depth.clamp(min(low for low, _ in ranges), max(high for _, high in ranges))
         opacity = torch.cat([c.opacity for c in chunks], dim=1)  # [B, M]
         return RenderOutput(
             features=features.transpose(1, 2).reshape(batch, -1, resolution, resolution),  # [B, C, H, W]
@@ -175,19 +189,19 @@ class TriplaneRenderer(nn.Module):
                          generator: torch.Generator | None) -> tuple[Tensor | None, Tensor | None]:
         """Uniform draws for the stratified jitter [B, M, S] and importance sampling [B, M, N]."""
         cfg = self.config
-        if cfg.deterministic:
+        if cfg.deterministic and not cfg.jitter_in_deterministic:
             return None, None
         draw_device = generator.device if generator is not None else device
         coarse = torch.rand(batch, num_rays, cfg.depth_resolution, generator=generator, device=draw_device)
         fine = None
-        if cfg.depth_resolution_importance > 0:
+        if cfg.depth_resolution_importance > 0 and not cfg.deterministic:
             fine = torch.rand(batch, num_rays, cfg.depth_resolution_importance, generator=generator,
                               device=draw_device).to(device)
         return coarse.to(device), fine
 
     def _render_rays(self, planes: Tensor, decoder: nn.Module, origins: Tensor, directions: Tensor,
                      ray_start: Tensor, ray_end: Tensor, coarse_noise: Tensor | None,
-                     fine_uniform: Tensor | None) -> RayMarchResult:
+                     fine_uniform: Tensor | None) -> tuple[RayMarchResult, tuple[float, float]]:
         # origins, directions: [B, r, 3]; ray_start, ray_end: [B, 1]
         cfg = self.config
         march = dict(clamp_mode=cfg.clamp_mode, density_bias=cfg.density_bias, white_back=cfg.white_back)
@@ -201,7 +215,8 @@ class TriplaneRenderer(nn.Module):
             fine_colors, fine_densities = self._query(planes, decoder, origins, directions, fine_depths)
             depths, colors, densities = merge_samples(depths, colors, densities,
                                                       fine_depths, fine_colors, fine_densities)  # [B, r, S+N]
-        return march_rays(colors, densities, depths, **march)
+        result = march_rays(colors, densities, depths, **march, clamp_depth=not cfg.batch_statistics)
+        return result, (float(depths.min()), float(depths.max()))  # the range feeds the batch-wide clamp
 
     def _query(self, planes: Tensor, decoder: nn.Module, origins: Tensor, directions: Tensor,
                depths: Tensor) -> tuple[Tensor, Tensor]:

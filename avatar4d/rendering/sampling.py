@@ -20,16 +20,20 @@ _PDF_EPS = 1e-5
 
 
 def resolve_ray_range(camera_origins: Tensor, ray_start: float | None,
-                      ray_end: float | None) -> tuple[Tensor, Tensor]:
+                      ray_end: float | None, *, batch_mean: bool = False) -> tuple[Tensor, Tensor]:
     """Per-camera near/far distances [B, 1] each.
 
     Fixed numbers are broadcast; ``None, None`` is Next3D++'s "auto" range ``[d - 0.45, d + 0.6]``
-    with ``d`` each camera's distance to the world origin. (Next3D++ averages ``d`` over the whole
-    batch; we use each camera's own ``d`` so a render never depends on the rest of its batch.)
+    with ``d`` each camera's distance to the world origin by default, so a render never depends on
+    the rest of its batch; ``batch_mean=True`` is the official ``dist = torch.norm(ray_origins,
+    dim=-1).mean()`` over the whole batch (InvertAvatar ``volumetric_rendering/renderer.py``). The two
+    agree whenever every camera sits at the same radius (the 2.7 orbit).
     """
     batch = camera_origins.shape[0]
     if ray_start is None and ray_end is None:
         distance = torch.linalg.vector_norm(camera_origins, dim=-1, keepdim=True)  # [B, 1]
+        if batch_mean:
+            distance = distance.mean().expand(batch, 1)
         return distance - AUTO_RANGE_NEAR_OFFSET, distance + AUTO_RANGE_FAR_OFFSET
     if ray_start is None or ray_end is None:
         raise ValueError("ray_start and ray_end must both be numbers or both be None (auto range)")

@@ -204,3 +204,47 @@ def test_bad_inputs_and_presets():
     assert RENDERING_PRESETS.get("eg3d").plane_convention == "eg3d"
     assert RenderingConfig.from_json(paper.to_json()) == paper
     assert math.isclose(RenderingConfig().ray_end, 3.3)
+
+
+class TransparentDecoder(torch.nn.Module):
+    """Exactly zero density everywhere: every ray's depth is EG3D's 0/0 → +inf before the clamp."""
+
+    def forward(self, samples, directions):
+        # samples [B, 3, N, C] → sigma [B, N, 1], rgb [B, N, 3]
+        return {"sigma": torch.full((samples.shape[0], samples.shape[2], 1), -1e4),
+                "rgb": torch.zeros(samples.shape[0], samples.shape[2], 3)}
+
+
+def test_official_batch_coupling_and_evaluation_jitter_are_selectable():
+    """Issue 9 item 5: the official auto ray range uses the batch's mean camera distance and the depth
+    clamp the whole batch's sample range (batch_statistics); the official evaluation keeps the stratified
+    jitter (jitter_in_deterministic). Defaults stay per camera / per ray / jitter-free."""
+    from avatar4d.rendering.sampling import resolve_ray_range
+
+    near = orbit_camera(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]), radius=torch.tensor([2.7, 3.5]))
+    start, end = resolve_ray_range(near.origin, None, None)
+    assert torch.allclose(start[:, 0], torch.tensor([2.25, 3.05]))
+    start, end = resolve_ray_range(near.origin, None, None, batch_mean=True)
+    assert torch.allclose(start[:, 0], torch.tensor([2.65, 2.65]))
+    assert torch.allclose(end[:, 0], torch.tensor([3.7, 3.7]))
+
+    planes = torch.zeros(2, 3, C, R, R)
+    base = dict(plane_convention="corrected", deterministic=True, depth_resolution=8, depth_resolution_importance=0,
+                ray_start=None, ray_end=None)  # the auto range
+    per_ray = TriplaneRenderer(RenderingConfig(**base))(planes, TransparentDecoder(), near, 4)
+    assert torch.allclose(per_ray.depth[0], torch.full((1, 4, 4), 2.7 + 0.6))  # each ray's own far end
+    assert torch.allclose(per_ray.depth[1], torch.full((1, 4, 4), 3.5 + 0.6))
+    batch = TriplaneRenderer(RenderingConfig(**base, batch_statistics=True))(planes, TransparentDecoder(), near, 4)
+    assert torch.allclose(batch.depth, torch.full((2, 1, 4, 4), 3.1 + 0.6))  # the batch's far end, for both
+
+    sphere_planes, decoder = sphere_scene()
+    camera = orbit_camera(0.0, 0.0)
+    renders = {}
+    for jitter in (False, True):
+        config = RenderingConfig(plane_convention="corrected", deterministic=True, jitter_in_deterministic=jitter,
+                                 **SMALL)
+        renders[jitter] = [TriplaneRenderer(config)(sphere_planes, decoder, camera, 9,
+                                                    generator=torch.Generator().manual_seed(seed)).depth
+                           for seed in (0, 1)]
+    assert torch.equal(*renders[False])
+    assert not torch.equal(*renders[True])
