@@ -10,6 +10,9 @@ Inputs and outputs (float32 numpy arrays; the signature records the shapes):
 
 - ``triplane_vae``: ``{"triplane": [B, F, C, R, R]}`` (data units) → ``{"latent": [B, E, F, r, r]``
   (posterior mean), ``"reconstruction": [B, F, C, R, R]}``;
+- ``motion_aware_renderer``: ``{"source_image": [B, 3, S, S], "triplane": [B, 4, C, R, R], "motion" and
+  "source_motion": [B, D], "face_params": [B, P] (target expression), "camera": [B, 25]}`` → ``{"image",
+  "image_raw", "depth", "opacity"}``;
 - ``dit``: ``{"latent": [B, C, H, W], "timestep": [B], "clip_tokens": [B, Tc, Dc], "dino_tokens":
   [B, Td, Dd]}`` → ``{"prediction": [B, 2·C, H, W]}`` (ε and the learned-variance channels);
 - ``next3d_generator`` (a fine-tuned domain GAN): ``{"z": [B, z_dim], "camera": [B, 25] (EG3D label),
@@ -52,6 +55,11 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
             from avatar4d.models.next3d import Next3DGenerator as model_class
 
             self.head = default_head_model()
+        elif self.component == "motion_aware_renderer":
+            from avatar4d.geometry.morphable import default_head_model
+            from avatar4d.models.renderer import MotionAwareRenderer as model_class
+
+            self.head = default_head_model()
         else:
             raise ValueError(f"no pyfunc for {self.component!r} checkpoints")
         self.model = model_class.from_pretrained(path).eval()
@@ -75,6 +83,13 @@ class Avatar4dModel(mlflow.pyfunc.PythonModel):
                 out = self.model(inputs["z"], Camera.from_label(inputs["camera"]), self.head.vertices(params),
                                  truncation_psi=0.7)
                 return {"image": out.image.numpy()}
+            if self.component == "motion_aware_renderer":
+                from avatar4d.geometry.morphable import FaceParams
+
+                params = FaceParams.from_vector(inputs["face_params"], self.head.identity_dim, self.head.expression_dim)
+                out = self.model(inputs["source_image"], inputs["triplane"], inputs["motion"],
+                                 self.head.vertices(params), inputs["camera"], source_motion=inputs["source_motion"])
+                return {key: out[key].numpy() for key in ("image", "image_raw", "depth", "opacity")}
             prediction = self.model(inputs["latent"], inputs["timestep"], inputs["clip_tokens"],
                                     inputs["dino_tokens"])
             return {"prediction": prediction.numpy()}

@@ -241,6 +241,18 @@ def input_example(component: str, config: Mapping[str, Any]) -> dict[str, np.nda
         return {"z": rng.standard_normal((1, z_dim)).astype(np.float32),
                 "camera": frontal_label(),
                 "face_params": np.zeros((1, head.identity_dim + head.expression_dim + 3), dtype=np.float32)}
+    if component == "motion_aware_renderer":
+        from avatar4d.geometry.morphable import default_head_model
+
+        head, sr = default_head_model(), config["superresolution"]
+        side = sr["input_resolution"] * 2 ** len(sr["block_channels"])
+        res, channels = config["plane_resolution"], config["plane_channels"]
+        return {"source_image": rng.uniform(-1, 1, (1, 3, side, side)).astype(np.float32),
+                "triplane": (0.3 * rng.standard_normal((1, 4, channels, res, res))).astype(np.float32),
+                "motion": rng.standard_normal((1, config["motion_dim"])).astype(np.float32),
+                "source_motion": rng.standard_normal((1, config["motion_dim"])).astype(np.float32),
+                "face_params": np.zeros((1, head.identity_dim + head.expression_dim + 3), dtype=np.float32),
+                "camera": frontal_label()}
     raise ValueError(f"no pyfunc for {component!r} checkpoints")
 
 
