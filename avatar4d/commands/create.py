@@ -60,24 +60,23 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.portrait.is_file():
         raise UserError(f"portrait not found: {args.portrait}")
-    bar = tqdm(total=3, desc="loading models", unit="step", bar_format="{desc} [{n}/{total}] {elapsed}")
     image = decode_image(args.portrait.read_bytes(), max_pixels=8192 * 8192, what=str(args.portrait))
-    pipeline = build_pipeline(args, args.checkpoints, track=not args.no_track)
-    if args.steps is not None or args.guidance is not None:
-        if args.steps is not None and args.steps < 1:
-            raise UserError(f"--steps must be >= 1, got {args.steps}")
-        pipeline.sampling = pipeline.sampling.replace(
-            **({"steps": args.steps} if args.steps is not None else {}),
-            **({"guidance_scale": args.guidance} if args.guidance is not None else {}))
-    bar.update(1)
-    bar.set_description(f"sampling ({pipeline.sampling.scheduler}, {pipeline.sampling.steps} steps)")
-    avatar = pipeline.create([image], seeds=[args.seed])[0]
-    bar.update(1)
-    bar.set_description("saving")
-    avatar.metadata.update({"portrait": str(args.portrait), "checkpoints_source": str(args.checkpoints.resolve())})
-    out = avatar.save(args.out)
-    bar.update(1)
-    bar.close()
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    with tqdm(total=3, desc="loading models", unit="step", bar_format="{desc} [{n}/{total}] {elapsed}") as bar:
+        pipeline = build_pipeline(args, args.checkpoints, track=not args.no_track)
+        if args.steps is not None or args.guidance is not None:
+            pipeline.sampling = pipeline.sampling.replace(
+                **({"steps": args.steps} if args.steps is not None else {}),
+                **({"guidance_scale": args.guidance} if args.guidance is not None else {}))
+        bar.update(1)
+        bar.set_description(f"sampling ({pipeline.sampling.scheduler}, {pipeline.sampling.steps} steps)")
+        avatar = pipeline.create([image], seeds=[args.seed])[0]
+        bar.update(1)
+        bar.set_description("saving")
+        avatar.metadata.update({"portrait": str(args.portrait), "checkpoints_source": str(args.checkpoints.resolve())})
+        out = avatar.save(args.out)
+        bar.update(1)
     print(f"avatar {avatar.avatar_id} → {out} (triplane {list(avatar.triplane.shape)}; drive it with "
           f"`avatar4d animate {out} --preset talk --out talk.mp4`)")
     return 0

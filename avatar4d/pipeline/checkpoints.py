@@ -124,13 +124,15 @@ def _encoders(value: Any, dit: Path) -> EncoderConfig:
     raise UserError(f"encoders must be a preset name or a config, got {type(value).__name__}")
 
 
-def resolve_checkpoints(spec: str | Path) -> PipelineCheckpoints:
-    """Local checkpoint folders for ``spec`` (see the module docstring); one-line errors otherwise."""
-    root = Path(spec).expanduser()
-    if not root.exists():
-        raise UserError(f"checkpoints not found: {spec}")
-    if not root.is_dir():
-        raise UserError(f"--checkpoints takes a folder, got the file {spec}")
+def _check_component(path: Path, what: str) -> None:
+    info = _info(path, what)
+    fits = is_generator(info) if what == "generator" else info.component == {"dit": "dit", "vae": "triplane_vae"}[what]
+    if not fits:
+        raise UserError(f"{path} holds a {info.component} checkpoint, not the {what}")
+
+
+def _from_folder(root: Path) -> tuple[Path, Path, Path, Any, Path | None, str]:
+    """(dit, vae, generator, encoders setting, renderer, source) named by ``root``."""
     manifest = root / MANIFEST
     if manifest.is_file():
         try:
@@ -142,43 +144,44 @@ def resolve_checkpoints(spec: str | Path) -> PipelineCheckpoints:
         missing = [key for key in ("dit", "vae", "generator") if key not in document]
         if missing:
             raise UserError(f"{manifest} lacks {missing}")
-        dit = _model_path(document["dit"], root, "dit")
-        found = PipelineCheckpoints(
-            dit=dit, vae=_model_path(document["vae"], root, "vae"),
-            generator=_model_path(document["generator"], root, "generator"),
-            encoders=_encoders(document.get("encoders"), dit),
-            renderer=(_model_path(document["renderer"], root, "renderer") if document.get("renderer") else None),
-            source=str(manifest))
-    elif (root / "dit").is_dir() and (root / "vae").is_dir():
+        renderer = _model_path(document["renderer"], root, "renderer") if document.get("renderer") else None
+        return (_model_path(document["dit"], root, "dit"), _model_path(document["vae"], root, "vae"),
+                _model_path(document["generator"], root, "generator"), document.get("encoders"), renderer,
+                str(manifest))
+    if (root / "dit").is_dir() and (root / "vae").is_dir():
         generator = _generator_in(root / "generator") or _generator_in(root / "generators")
         if generator is None:
             raise UserError(f"{root} has dit/ and vae/ but no generator/ (the GAN or world that renders the "
-                            "parametric triplane; `avatar4d convert next3d-pkl ... --out " f"{root}/generator`)")
+                            f"parametric triplane; `avatar4d convert next3d-pkl ... --out {root}/generator`)")
         renderer = root / "renderer" if (root / "renderer").is_dir() else None
-        found = PipelineCheckpoints(dit=root / "dit", vae=root / "vae", generator=generator,
-                                    encoders=_encoders(None, root / "dit"), renderer=renderer, source=str(root))
-    else:
-        info = _info(root, f"{root} is neither a folder with {MANIFEST} or dit/ + vae/, nor a DiT checkpoint")
-        if info.component != "dit":
-            raise UserError(f"{root} holds a {info.component} checkpoint; --checkpoints needs a DiT checkpoint, a "
-                            f"folder with dit/ and vae/, or a {MANIFEST}")
-        trained = info.metadata.get("config", {})
-        vae = trained.get("vae_checkpoint")
-        data = trained.get("data")
-        if not vae:
-            raise UserError(f"the DiT at {root} does not record its VAE; write a {MANIFEST}")
-        generator = _generator_in(Path(data) / "generators") if data else None
-        if generator is None:
-            raise UserError(f"no generator checkpoint under {data}/generators (the DiT's training data); write a "
-                            f"{MANIFEST} naming one")
-        found = PipelineCheckpoints(dit=root, vae=Path(vae), generator=generator, encoders=_encoders(None, root),
-                                    source=str(root))
-    for what, path in (("dit", found.dit), ("vae", found.vae), ("generator", found.generator)):
-        info = _info(path, what)
-        expected_ok = (is_generator(info) if what == "generator"
-                       else info.component == ("dit" if what == "dit" else "triplane_vae"))
-        if not expected_ok:
-            raise UserError(f"{path} holds a {info.component} checkpoint, not the {what}")
+        return root / "dit", root / "vae", generator, None, renderer, str(root)
+    info = _info(root, f"{root} is neither a folder with {MANIFEST} or dit/ + vae/, nor a DiT checkpoint")
+    if info.component != "dit":
+        raise UserError(f"{root} holds a {info.component} checkpoint; --checkpoints needs a DiT checkpoint, a "
+                        f"folder with dit/ and vae/, or a {MANIFEST}")
+    trained = info.metadata.get("config", {})
+    vae, data = trained.get("vae_checkpoint"), trained.get("data")
+    if not vae:
+        raise UserError(f"the DiT at {root} does not record its VAE; write a {MANIFEST}")
+    generator = _generator_in(Path(data) / "generators") if data else None
+    if generator is None:
+        raise UserError(f"no generator checkpoint under {data}/generators (the DiT's training data); write a "
+                        f"{MANIFEST} naming one")
+    return root, Path(vae), generator, None, None, str(root)
+
+
+def resolve_checkpoints(spec: str | Path) -> PipelineCheckpoints:
+    """Local checkpoint folders for ``spec`` (see the module docstring); one-line errors otherwise."""
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise UserError(f"checkpoints not found: {spec}")
+    if not root.is_dir():
+        raise UserError(f"--checkpoints takes a folder, got the file {spec}")
+    dit, vae, generator, encoders, renderer, source = _from_folder(root)
+    for what, path in (("dit", dit), ("vae", vae), ("generator", generator)):
+        _check_component(path, what)
+    found = PipelineCheckpoints(dit=dit, vae=vae, generator=generator, encoders=_encoders(encoders, dit),
+                                renderer=renderer, source=source)
     logger.info("checkpoints from %s: DiT %s, VAE %s, generator %s", found.source, found.dit, found.vae,
                 found.generator)
     return found
