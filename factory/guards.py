@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avatar4d import storage
-from avatar4d.data.schema import TABLES, dataset_uri
+from avatar4d.data.schema import TABLES, check_camera_convention, dataset_uri
 from avatar4d.errors import UserError
 from factory.fingerprint import build_fingerprint, check_fingerprint, read_fingerprint
 from factory.inspect import STATE_DIR
@@ -88,5 +88,9 @@ def check_stored_fingerprints(config: FactoryConfig, fingerprint: dict[str, Any]
         if dataset is None:
             continue
         with_rows = {chunk_id.split("/")[1] for chunk_id in done.get(table, ()) if chunk_id.count("/") == 3}
+        if with_rows:  # rows from before the camera change: refused with that reason, not as a settings diff
+            from factory.sink import stored_schema
+
+            check_camera_convention(stored_schema(dataset), f"{config.out}/{table}.lance")
         check_fingerprint(f"{config.out}/{table}.lance", read_fingerprint(dataset), fingerprint,
                           domains_with_rows=with_rows)

@@ -38,6 +38,11 @@ CAMERA_LABEL_DIM = 25  # Camera.to_label(): 16 cam2world + 9 normalised intrinsi
 JAW_DIM = 3
 
 META_SCHEMA_VERSION = "avatar4d.schema_version"
+META_CAMERA_CONVENTION = "avatar4d.camera_convention"
+CAMERA_CONVENTION = "eg3d-lookat-origin"
+"""How the stored images and 25-d labels were made: cameras 2.7 from the world origin looking at the
+pivot (EG3D's ``LookAtPoseSampler``; :mod:`avatar4d.geometry.camera`). Datasets written before this
+field (cameras 2.7 from the pivot) have none and are refused by :func:`check_camera_convention`."""
 META_TABLE = "avatar4d.table"
 META_TRIPLANE = "avatar4d.triplane"
 META_TRIPLANE_ENCODING = "avatar4d.triplane_encoding"
@@ -117,6 +122,7 @@ def _metadata(table: str, triplane: TensorSpec, face_params_dim: int, identity_d
     meta = {
         META_SCHEMA_VERSION: str(SCHEMA_VERSION),
         META_TABLE: table,
+        META_CAMERA_CONVENTION: CAMERA_CONVENTION,
         META_TRIPLANE: triplane.to_json(),
         META_TRIPLANE_ENCODING: "blob" if blob_triplane else "binary",
         META_FACE_PARAMS_DIMS: _face_dims_json(face_params_dim, identity_dim),
@@ -272,6 +278,18 @@ def _describe(value: Any) -> str:
     return "missing" if value is None else str(value)
 
 
+def check_camera_convention(existing: pa.Schema, where: str = "the existing dataset") -> None:
+    """Raise :class:`SchemaMismatchError` when ``existing`` was written with other cameras than
+    :data:`CAMERA_CONVENTION` (no field: before the cameras moved to EG3D's origin-centred orbit)."""
+    stored = schema_metadata(existing).get(META_CAMERA_CONVENTION)
+    if stored == CAMERA_CONVENTION:
+        return
+    made = ("was written before the camera change (its cameras orbit 2.7 from the pivot; this factory's sit 2.7 "
+            "from the world origin, as EG3D's do)" if stored is None else f"was written with cameras {stored!r}")
+    raise SchemaMismatchError(f"{where} {made}: its images and camera labels cannot be mixed with this run's; "
+                              "write to another --out, or move the old dataset away to regenerate it")
+
+
 def check_compatible(existing: pa.Schema, expected: pa.Schema) -> None:
     """Raise :class:`SchemaMismatchError` (one line) unless data written with ``expected`` can be
     appended to a dataset whose schema is ``existing``.
@@ -285,6 +303,8 @@ def check_compatible(existing: pa.Schema, expected: pa.Schema) -> None:
         if old.get(key) != new.get(key):
             raise SchemaMismatchError(f"existing dataset has {what} {_describe(old.get(key))}, "
                                       f"this run writes {_describe(new.get(key))}")
+    if META_CAMERA_CONVENTION in new:
+        check_camera_convention(existing)
     old_names, new_names = existing.names, expected.names
     missing = [n for n in new_names if n not in old_names]
     extra = [n for n in old_names if n not in new_names]

@@ -1,12 +1,17 @@
 """``synthesize``: one domain's 4D GAN → image–parametric-triplane pairs (the ``pairs`` table).
 
 Per sample (from its own seed, :func:`factory.chunks.sample_seed`): z ~ N(0, I), an FFHQ-like
-camera (the mapping is conditioned on the rendering camera, as in EG3D training), random identity,
+camera, random identity,
 expression and jaw coefficients of the head model (the identity is the latent's when the generator
 fixes one: the procedural world) → mesh → the domain's generator (a GAN or the world) with truncation →
 the super-resolved image (PNG) and the expression-independent parametric triplane [4, C, R, R]
 (raw bytes, fp16 by default). See :mod:`factory.stages.common` for why rows are bit-identical to
 their regeneration.
+
+The mapping network is conditioned on one fixed frontal camera by default (``conditioning="frontal"``:
+AvatarArtist's data generation, so an identity's w does not depend on the view it is rendered from,
+as in the multiview stage); ``conditioning="render"`` conditions on each sample's rendering camera
+(EG3D's training-time pose conditioning, our earlier behaviour).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
+CONDITIONING_CAMERAS = ("frontal", "render")
+
+
 def ffhq_pose_config() -> PoseSamplerConfig:
     """FFHQ-like camera poses: Gaussian yaw/pitch around the frontal view (EG3D's std 0.3 / 0.155),
     no roll (FFHQ crops are aligned upright), radius 2.7, FOV 18.837°."""
@@ -75,6 +83,7 @@ class SynthesizeConfig(Config):
     blob_triplane: bool = True
     png_compress_level: int = 1
     encode_threads: int = 1
+    conditioning: str = "frontal"       # "frontal" (AvatarArtist's data generation) or "render" (EG3D training)
 
     def __post_init__(self) -> None:
         check_common_config(batch_size=self.batch_size, num_threads=self.num_threads, precision=self.precision,
@@ -83,6 +92,8 @@ class SynthesizeConfig(Config):
         TensorSpec((1,), self.triplane_dtype)  # validates the dtype name
         if self.identity_scale < 0 or self.expression_scale < 0 or self.jaw_max < 0:
             raise ValueError("identity_scale, expression_scale and jaw_max must be >= 0")
+        if self.conditioning not in CONDITIONING_CAMERAS:
+            raise ValueError(f"conditioning must be one of {list(CONDITIONING_CAMERAS)}, got {self.conditioning!r}")
 
 
 @dataclasses.dataclass
@@ -168,8 +179,10 @@ class SynthesizeStage:
         with inference_context(device, cfg.num_threads, cfg.precision):
             for plan in plan_batches(indices, bs):
                 index = plan.gather_index(bs)
-                out = self.generator(draws.z[index].to(device), Camera.from_label(draws.camera[index].to(device)),
-                                     draws.vertices[index].to(device), truncation_psi=cfg.truncation_psi,
+                camera = Camera.from_label(draws.camera[index].to(device))
+                conditioning = self.pose_sampler.frontal(bs).to(device) if cfg.conditioning == "frontal" else camera
+                out = self.generator(draws.z[index].to(device), camera, draws.vertices[index].to(device),
+                                     conditioning_camera=conditioning, truncation_psi=cfg.truncation_psi,
                                      truncation_cutoff=self.truncation_cutoff, noise_mode="const")
                 ws_out.append((plan, out.ws[:, 0].float()))  # [bs, w_dim] (no style mixing: all ws equal)
                 image_out.append((plan, out.image.float()))  # [bs, 3, S, S]

@@ -103,7 +103,7 @@ def test_padded_batching_matches_a_plain_forward(synth, pairs_batch):
     assert torch.equal(synth.head.vertices(face), draws.vertices)
     with torch.no_grad():
         out = synth.generator(draws.z, Camera.from_label(draws.camera), draws.vertices, truncation_psi=0.7,
-                              noise_mode="const")
+                              noise_mode="const", conditioning_camera=synth.pose_sampler.frontal(1))
     image = decode_png(row["image"]).int()
     expected = ((out.image[0] + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8).int()
     assert (image - expected).abs().max() <= 1
