@@ -206,6 +206,17 @@ class MorphableModel(nn.Module):
                                    ("_landmark_indices", landmark_indices, torch.long)):
             self.register_constant(name, None if value is None else torch.tensor(value, dtype=dtype))
 
+    def uv_image_builder(self, view: Any, resolution: int, backend: str = "auto") -> Any:
+        """The :class:`~avatar4d.geometry.uv_image.UVImageBuilder` that turns this head's vertices into the
+        UV-coordinate image a Next3D-style generator is conditioned on: by default the UV atlas
+        rasterized through ``view`` (an :class:`~avatar4d.geometry.raster.OrthographicView` of the face
+        box) with coverage alpha (:class:`~avatar4d.geometry.uv_image.CoverageUVImage`). Head models
+        with an official construction (FaceVerse v3) override it."""
+        from avatar4d.geometry.uv_image import CoverageUVImage
+
+        return CoverageUVImage(self.faces, self.uv_coords, self.uv_faces, self.num_vertices, view, resolution,
+                               backend)
+
     num_vertices = property(lambda self: self.template.shape[0], doc="V, the number of mesh vertices.")
     identity_dim = property(lambda self: self.identity_basis.shape[2], doc="Ni, the identity coefficients.")
     expression_dim = property(lambda self: self.expression_basis.shape[2], doc="Ne, the expression coefficients.")

@@ -13,6 +13,11 @@ is ignored (``supports_jaw`` is False). v3's separate eyeball rotation is not mo
 :class:`FaceVerseConfig` to bring the model into the world frame (``flip_yz`` turns the v3
 frame, y down / z away from the camera, into y up / z towards it; then ``scale`` and
 ``translation``).
+
+UV-coordinate image: with the official extra files (``uv_files``: ``v31_face_mask_new.npy`` and
+``fv2fl_30.npy``, next to a v3 file that has ``uv_per_ver`` and ``ver_inds``) the model conditions a
+generator with the official construction the released Next3D++ GAN was trained on
+(:mod:`avatar4d.geometry.morphable.faceverse_uv`); without them, with its UV atlas and coverage alpha.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from avatar4d.config import Config
@@ -31,6 +37,12 @@ from avatar4d.geometry.morphable.base import (
     MorphableModel,
     default_expression_names,
     orient_faces_outward,
+)
+from avatar4d.geometry.morphable.faceverse_uv import (
+    FaceVerseUVFiles,
+    FaceVerseUVImage,
+    load_official_uv_files,
+    official_vertex_attributes,
 )
 from avatar4d.geometry.morphable.model_files import load_numpy_file_safely
 
@@ -66,9 +78,10 @@ class FaceVerseModel(MorphableModel):
     missing_landmarks_message = "this FaceVerse file has no 68/66-point 'keypoints'; pass landmark_indices"
 
     def __init__(self, data: dict[str, Any], config: FaceVerseConfig | None = None, *,
-                 landmark_indices: np.ndarray | Tensor | None = None) -> None:
+                 landmark_indices: np.ndarray | Tensor | None = None, uv_files: FaceVerseUVFiles | None = None) -> None:
         super().__init__()
         self.config = config = config or FaceVerseConfig()
+        self.official_uv: tuple[np.ndarray, np.ndarray] | None = None  # (vertex attributes [V, 3], fv2fl [4, 4])
         mean = np.asarray(data["meanshape"], dtype=np.float64).reshape(-1, 3)
         num_vertices = mean.shape[0]
         id_base = np.asarray(data["idBase"], dtype=np.float64)
@@ -107,6 +120,28 @@ class FaceVerseModel(MorphableModel):
         self.register_topology(oriented, uv=None if uv is None else (uv, uv_faces), landmark_indices=landmarks)
         names = [str(n) for n in data.get("exp_name_list", [])]
         self.expression_names = names if len(names) == ex_base.shape[2] else default_expression_names(ex_base.shape[2])
+        if uv_files is not None:
+            missing = [key for key in ("uv_per_ver", "ver_inds") if key not in data]
+            if missing:
+                raise ValueError(f"the official FaceVerse UV image needs a v3 model file with {missing}")
+            face_mask, fv2fl = load_official_uv_files(uv_files)
+            self.official_uv = (official_vertex_attributes(np.asarray(data["uv_per_ver"]), face_mask,
+                                                           np.asarray(data["ver_inds"])), fv2fl)
+
+    def to_model_frame(self, vertices: Tensor) -> Tensor:
+        """World vertices [B, V, 3] → the FaceVerse file's own frame (inverse of :class:`FaceVerseConfig`)."""
+        cfg = self.config
+        axes = torch.tensor([1.0, -1.0, -1.0] if cfg.flip_yz else [1.0, 1.0, 1.0], dtype=vertices.dtype,
+                            device=vertices.device)
+        translation = torch.tensor(cfg.translation, dtype=vertices.dtype, device=vertices.device)
+        return (vertices - translation) / (axes * cfg.scale)
+
+    def uv_image_builder(self, view: Any, resolution: int, backend: str = "auto") -> Any:
+        """The official FaceVerse v3 construction when its files were given, else the UV atlas with coverage."""
+        if self.official_uv is None:
+            return super().uv_image_builder(view, resolution, backend)
+        attributes, fv2fl = self.official_uv
+        return FaceVerseUVImage(self.faces, attributes, fv2fl, resolution, backend, to_model_frame=self.to_model_frame)
 
     @staticmethod
     def _read_uv(data: dict[str, Any], faces: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -125,8 +160,10 @@ class FaceVerseModel(MorphableModel):
 
 
 def load_faceverse(path: str | Path, *, config: FaceVerseConfig | None = None,
-                   landmark_indices: np.ndarray | Tensor | None = None) -> FaceVerseModel:
-    """Load a FaceVerse model file (``.npy`` dict, or ``.npz`` with the same keys) safely."""
+                   landmark_indices: np.ndarray | Tensor | None = None,
+                   uv_files: FaceVerseUVFiles | None = None) -> FaceVerseModel:
+    """Load a FaceVerse model file (``.npy`` dict, or ``.npz`` with the same keys) safely; ``uv_files``
+    (the official mask and fv2fl files) select the official UV-coordinate image."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"FaceVerse model file not found: {path}")
@@ -136,7 +173,7 @@ def load_faceverse(path: str | Path, *, config: FaceVerseConfig | None = None,
     missing = [key for key in FACEVERSE_KEYS if key not in data]
     if missing:
         raise ValueError(f"{path}: not a FaceVerse model, missing key(s) {missing}")
-    model = FaceVerseModel(data, config, landmark_indices=landmark_indices)
+    model = FaceVerseModel(data, config, landmark_indices=landmark_indices, uv_files=uv_files)
     logger.info("loaded FaceVerse from %s: %d vertices, %d identity, %d expression components",
                 path, model.num_vertices, model.identity_dim, model.expression_dim)
     return model

@@ -5,8 +5,9 @@ Data flow for one batch (R = plane resolution, s = pyramid start; paper: R = 256
 1. ``backbone.mapping(z, c)`` → ws [B, num_ws, w_dim]; the same ws drive all three backbones.
 2. ``texture_backbone`` (UV-space neural texture, C channels) and ``backbone`` (static triplane,
    3·C channels) each return a feature pyramid ``[img@s, x@s, x@2s, …, x@R, img@R]``.
-3. The expression's mesh is rasterized orthographically over the face box of the frontal plane
-   (:class:`MeshConditioner`): UV coordinates + face mask at R².
+3. The expression's UV-coordinate image (:class:`~avatar4d.geometry.uv_image.UVCoordinateImage`:
+   UV coordinates + alpha over the face box at R²) is given, or made from the mesh by the head
+   model's builder (:class:`MeshConditioner`; the official construction for FaceVerse v3).
 4. For every pyramid level the texture is resampled at those UVs, blended by the face mask with
    the face-box crop of the static level, and given the mouth alpha as an extra channel.
 5. ``face_backbone`` runs with those levels injected (skip image at s, features at s…R/2) and
@@ -32,7 +33,8 @@ from torch import Tensor, nn
 from avatar4d.checkpoint.pretrained import PretrainedMixin
 from avatar4d.geometry.camera import Camera
 from avatar4d.geometry.morphable import MorphableModel, default_head_model
-from avatar4d.geometry.raster import OrthographicView, get_rasterizer, render_uv_to_plane
+from avatar4d.geometry.raster import OrthographicView
+from avatar4d.geometry.uv_image import UVCoordinateImage
 from avatar4d.models.next3d.config import GeneratorConfig
 from avatar4d.models.stylegan2 import StyleGAN2Backbone, alpha_blend_hooks
 from avatar4d.models.superresolution import SuperresolutionHybrid8XDC
@@ -66,38 +68,33 @@ def render_planes_output(model: nn.Module, planes: Tensor, triplane: ParametricT
 
 
 class MeshConditioner(nn.Module):
-    """Rasterizes a mesh's UVs over the face box of the frontal plane (Next3D's ``uvcoords_image``).
+    """The head model's UV-coordinate image over the face box of the frontal plane (Next3D's
+    ``uvcoords_image``), made by the builder the head model provides
+    (:meth:`~avatar4d.geometry.morphable.MorphableModel.uv_image_builder`): the UV atlas with coverage
+    for the procedural head, the official construction for FaceVerse v3 with its files.
 
-    Holds the topology (faces, UVs) as non-persistent buffers, so the generator's state dict is the
+    The builder holds the topology as non-persistent buffers, so the generator's state dict is the
     release's. Output rows follow the plane's rows (row 0 = the chin side, world y minimum).
     """
 
     def __init__(self, head: MorphableModel, face_box: FaceBox, box_warp: float, backend: str) -> None:
         super().__init__()
-        self.register_buffer("faces", head.faces.clone().long(), persistent=False)
-        self.register_buffer("uv_faces", head.uv_faces.clone().long(), persistent=False)
-        self.register_buffer("uv_coords", head.uv_coords.clone().float(), persistent=False)
         self.num_vertices = head.num_vertices
         self.face_box = face_box
         x0, x1, y0, y1 = face_box.world_bounds(box_warp)
         half = (x1 - x0) / 2
-        self.view = OrthographicView(center=((x0 + x1) / 2, (y0 + y1) / 2, 0.0), extent=(-half, half),
-                                     depth_range=(-box_warp, box_warp))
-        self.backend = backend
-        self._rasterizer = None
+        view = OrthographicView(center=((x0 + x1) / 2, (y0 + y1) / 2, 0.0), extent=(-half, half),
+                                depth_range=(-box_warp, box_warp))
+        self.builder = head.uv_image_builder(view, face_box.resolution, backend)
+
+    def uv_image(self, vertices: Tensor) -> UVCoordinateImage:
+        """vertices [B, V, 3] → :class:`UVCoordinateImage` (grid [B, R, R, 2], alpha [B, 1, R, R])."""
+        return self.builder(vertices)
 
     def forward(self, vertices: Tensor) -> tuple[Tensor, Tensor]:
         """vertices [B, V, 3] → (uv grid [B, R, R, 2] in [-1, 1], face mask [B, 1, R, R])."""
-        if vertices.ndim != 3 or vertices.shape[1:] != (self.num_vertices, 3):
-            raise ValueError(f"vertices must be [B, {self.num_vertices}, 3] for this head model, "
-                             f"got {tuple(vertices.shape)}")
-        if self._rasterizer is None or self._rasterizer_device != vertices.device:
-            self._rasterizer = get_rasterizer(self.backend, device=vertices.device)
-            self._rasterizer_device = vertices.device
-        res = self.face_box.resolution
-        plane = render_uv_to_plane(self._rasterizer, vertices.float(), self.faces, self.uv_coords, self.uv_faces,
-                                   self.view, (res, res))
-        return plane.grid(), plane.mask.permute(0, 3, 1, 2).float()
+        image = self.uv_image(vertices)
+        return image.grid, image.alpha
 
 
 class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
@@ -153,11 +150,24 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         static_pyramid = [first.view(b, 3, c, *first.shape[-2:])[:, 0], *static_pyramid[1:-1], static[:, 0]]
         return ParametricTriplane(texture=texture_pyramid[-1], static=static), texture_pyramid, static_pyramid
 
-    def synthesis(self, ws: Tensor, camera: Camera, vertices: Tensor, *, noise_mode: str = "const",
-                  neural_resolution: int | None = None, generator: torch.Generator | None = None) -> GeneratorOutput:
-        """ws [B, num_ws, w_dim], rendering camera, mesh vertices [B, V, 3] → images and triplanes."""
+    def uv_image(self, condition: Tensor | UVCoordinateImage) -> UVCoordinateImage:
+        """The conditioning input: a :class:`UVCoordinateImage` as given (e.g. the official data's
+        ``.npy`` through ``UVCoordinateImage.from_official``), or the head model's for vertices [B, V, 3]."""
+        if isinstance(condition, UVCoordinateImage):
+            res = self.face_box.resolution
+            if condition.resolution != res:
+                raise ValueError(f"the UV-coordinate image is {condition.resolution}², this generator takes {res}²")
+            return condition
+        return self.mesh_conditioner.uv_image(condition)
+
+    def synthesis(self, ws: Tensor, camera: Camera, vertices: Tensor | UVCoordinateImage, *,
+                  noise_mode: str = "const", neural_resolution: int | None = None,
+                  generator: torch.Generator | None = None) -> GeneratorOutput:
+        """ws [B, num_ws, w_dim], rendering camera, mesh vertices [B, V, 3] or a UV-coordinate image →
+        images and triplanes."""
         triplane, texture_pyramid, static_pyramid = self.parametric_triplane(ws, noise_mode)
-        uv_grid, face_mask = self.mesh_conditioner(vertices)  # [B, R, R, 2], [B, 1, R, R]
+        condition = self.uv_image(vertices)
+        uv_grid, face_mask = condition.grid, condition.alpha  # [B, R, R, 2], [B, 1, R, R]
         # The conditioning levels are prepared in (at least) float32 even under bf16 autocast: UVs
         # need the precision, and antialiased resizing has no bf16 CPU kernel.
         level_dtype = torch.promote_types(ws.dtype, torch.float32)
@@ -181,11 +191,13 @@ class Next3DGenerator(PretrainedMixin, nn.Module, component="next3d_generator"):
         resolution = neural_resolution or self.config.neural_resolution
         return render_planes_output(self, planes, triplane, ws, camera, resolution, generator)
 
-    def forward(self, z: Tensor, camera: Camera, vertices: Tensor, *, conditioning_camera: Camera | None = None,
+    def forward(self, z: Tensor, camera: Camera, vertices: Tensor | UVCoordinateImage, *,
+                conditioning_camera: Camera | None = None,
                 truncation_psi: float = 1.0, truncation_cutoff: int | None = None, noise_mode: str = "const",
                 update_emas: bool = False, neural_resolution: int | None = None,
                 generator: torch.Generator | None = None) -> GeneratorOutput:
-        """z [B, z_dim], rendering camera, expression mesh vertices [B, V, 3] → :class:`GeneratorOutput`.
+        """z [B, z_dim], rendering camera, expression mesh vertices [B, V, 3] (or their UV-coordinate
+        image) → :class:`GeneratorOutput`.
 
         ``conditioning_camera`` (default: the rendering camera) conditions the mapping network, as
         EG3D's generator pose conditioning does.
