@@ -68,11 +68,16 @@ class MotionTracker:
     @torch.no_grad()
     def track(self, frames: Tensor) -> MotionTracks:
         """frames [N, 3, H, W] in [0, 1] (square), each fitted on its own."""
+        tracker_log = logging.getLogger("avatar4d.tracking.tracker")
+        level = tracker_log.level
+        tracker_log.setLevel(max(level, logging.ERROR))  # faceless generated frames are a result here, not news
         try:
             with torch.enable_grad():  # the fitter optimises with autograd
                 result = self.tracker.track(frames.float().cpu().clamp(0, 1), video=False)
         except UserError:  # no face in any frame
             return MotionTracks.absent(frames.shape[0], self.expression_dim())
+        finally:
+            tracker_log.setLevel(level)
         fit = result.fit
         present = result.detections.present & fit.present
         expression = torch.cat([fit.params.expression, fit.params.jaw], dim=1).detach()
@@ -105,6 +110,6 @@ def motion_distances(generated: MotionTracks, driving: MotionTracks, *, resoluti
 
 
 def nanmean(values: Tensor) -> float:
-    """Mean of the finite entries (NaN when there is none)."""
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else float("nan")
+    """Mean of the entries that are not NaN (NaN when there is none; +inf stays: PSNR of identical frames)."""
+    known = values[~torch.isnan(values)]
+    return float(known.float().mean()) if known.numel() else float("nan")
