@@ -36,7 +36,8 @@ CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "track": ("avatar4d.commands.track", "track a portrait or video: cameras, head-model coefficients, landmarks"),
     "create": ("avatar4d.commands.create", "make a drivable avatar from one portrait (DiT sampling, VAE decode)"),
     "animate": ("avatar4d.commands.animate", "drive an avatar by a video, coefficients or a preset; write an MP4"),
-    "eval": ("avatar4d.commands.evaluate", "AvatarArtist's table-1 metrics (not built yet)"),
+    "eval": ("avatar4d.commands.evaluate", "AvatarArtist's table-1 metrics of avatar pipelines (JSON + HTML "
+                                            "report, MLflow)"),
 }
 QUIET_MODULES = r"(torch|torchvision|deepspeed|ray|mlflow|pydantic|lance|open_clip|timm)(\.|$)"
 GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "--debug", "--version", "-h", "--help"}

@@ -28,7 +28,7 @@ def test_each_command_explains_itself(command, capsys):
     assert len(capsys.readouterr().out.split()) > 15
 
 
-@pytest.mark.parametrize("command", ["serve", "eval"])
+@pytest.mark.parametrize("command", ["serve"])
 def test_commands_not_built_yet_say_so_in_one_line(command):
     result = run_cli(command)
     assert result.returncode == EXIT_UNAVAILABLE == 69
