@@ -224,7 +224,8 @@ def check_kuberay_document(where: str, document: dict[str, Any]) -> list[str]:
         if version != pinned_ray():
             problems.append(f"{where}: rayVersion {version!r} differs from the pinned ray=={pinned_ray()}")
     for template in pod_templates(document):
-        for container in template.get("spec", {}).get("containers", []):
+        spec_ = template.get("spec", {})
+        for container in [*spec_.get("initContainers", []), *spec_.get("containers", [])]:
             problems += check_image(str(container.get("image", "")), f"{where} container {container.get('name')}")
     spec = document.get("spec", {})
     if kind == "RayJob":

@@ -158,3 +158,23 @@ def test_strict_closes_listed_properties_only():
     assert closed["additionalProperties"] is False and closed["properties"]["a"]["additionalProperties"] is False
     assert "additionalProperties" not in closed["properties"]["free"]
     assert closed["properties"]["map"]["additionalProperties"] == {"type": "string"}
+
+
+def test_rayservice_runs_the_serve_application_with_valid_settings():
+    from serve.settings import ServeSettings
+
+    _, service = kind(documents(), "RayService")
+    (application,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert application["import_path"] == "serve.app:app_builder"
+    settings = ServeSettings.from_args(application["args"])  # unknown or invalid settings raise
+    assert settings.checkpoints == "/models" and settings.max_replicas > 1
+    deployments = {d["name"] for d in application["deployments"]}
+    assert {"AvatarGenerator", "FrameRenderer"} <= deployments
+    with pytest.raises(Exception):  # noqa: B017 - ConfigError or TypeError: either way refused
+        ServeSettings.from_args({**application["args"], "checkpoint": "/models"})
+
+
+def test_init_container_images_are_checked_too():
+    where, service = kind(documents(), "RayService")
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["initContainers"][0]["image"] = "busybox"
+    assert any("busybox" in problem for problem in check_kuberay_document(where, service))
