@@ -87,14 +87,15 @@ def run_local(makers: list[AvatarMaker], cases: list[ReenactmentCase], config: E
     for maker in makers:
         suite.reset()
         part = evaluate_cases(maker, cases, suite, samples_per_task=config.samples_per_task, on_case=on_case)
-        results.append(model_result(maker, [part], config))
+        info = maker.info() if hasattr(maker, "info") else {}
+        results.append(model_result(maker.name, [part], config, info=info))
     return results
 
 
-def model_result(maker: AvatarMaker, parts: list[PartialResult], config: EvalConfig) -> ModelResult:
-    info = maker.info() if hasattr(maker, "info") else {}
+def model_result(name: str, parts: list[PartialResult], config: EvalConfig, *, info: dict | None = None) -> ModelResult:
+    """One model's summary over the partial results of its cases (from this process or from workers)."""
     cases = [case for part in parts for case in part.cases]
-    return ModelResult(name=maker.name, summary=summarise(parts, config.metrics), cases=cases, info=info)
+    return ModelResult(name=name, summary=summarise(parts, config.metrics), cases=cases, info=info or {})
 
 
 def build_report(models: list[ModelResult], config: EvalConfig, *, data: str, preset: str, started: float,
