@@ -62,7 +62,7 @@ def check_uri(uri: str | Path, what: str = "path") -> str:
         raise UserError(f"{what} {redact(text)}: {scheme}:// is not supported; use a local folder or "
                         f"{' / '.join(s + '://bucket/prefix' for s in SUPPORTED_SCHEMES)}")
     bucket = rest.split("/", 1)[0]
-    if "@" in bucket:
+    if "@" in rest and ":" in rest.split("@", 1)[0]:  # s3://KEY:SECRET@bucket (the secret may hold '/')
         raise UserError(f"{what} {redact(text)}: do not put credentials in the URI; set AWS_ACCESS_KEY_ID and "
                         "AWS_SECRET_ACCESS_KEY in the environment")
     if not bucket:
@@ -210,7 +210,10 @@ def upload_dir(local: str | Path, uri: str, *, last: str | None = None) -> None:
     files.sort(key=lambda p: p.name == last)
     fs, root = filesystem(uri)
     for file in files:
-        with fs.open_output_stream(f"{root}/{file.relative_to(local).as_posix()}") as stream:
+        target = f"{root}/{file.relative_to(local).as_posix()}"
+        if not is_remote(uri):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_output_stream(target) as stream:
             stream.write(file.read_bytes())
 
 

@@ -12,7 +12,14 @@ in order and shuffled (Lance: ``take`` / ``read_blobs``; npy: files in a random 
 were just written, so both read from the page cache: this compares the software paths, not disks.
 
 Each configuration runs with the triplane column blob-encoded (``lance-encoding:blob``) and as a
-plain ``large_binary`` column. The helpers (``triplane_schema``, ``make_rows``,
+plain ``large_binary`` column.
+
+Object store (``--object-store``): the same sink and reader against a real S3-compatible server on
+127.0.0.1 (moto in server mode, :mod:`cluster.local_s3`), side by side with a local-disk dataset of
+the same rows in the same run: per chunk one write + commit to each (interleaved), then alternating
+full read passes, then the commit latency on S3. moto is a single Python process keeping objects in
+memory, so these figures are Lance's object-store code path (HTTP requests, multipart uploads,
+conditional-PUT commits) on this CPU, not the speed of a real S3. The helpers (``triplane_schema``, ``make_rows``,
 ``measure_write``, ``measure_read``) are reused by ``benchmarks/factory.py``.
 
     python benchmarks/lance_io.py --shapes 4x8x64x64:128,4x32x64x64:64,4x32x256x256:24 --date 2026-11-21 \
@@ -156,12 +163,14 @@ def run_config(work_dir: Path, shape: tuple[int, ...], count: int, *, blob: bool
     return result
 
 
-def measure_commit_latency(work_dir: Path, commits: int, window: int = 50) -> dict[str, float]:
+def measure_commit_latency(work_dir: Path, commits: int, window: int = 50, uri: str | None = None
+                           ) -> dict[str, float]:
     """Median ms of one ``LanceCommitter.commit`` (one 2-row chunk, one fragment) over the first and
-    the last ``window`` of ``commits`` commits: Lance rewrites the manifest (all fragments) per version."""
+    the last ``window`` of ``commits`` commits: Lance rewrites the manifest (all fragments) per version.
+    ``uri``: another place for the dataset (an ``s3://`` URI) than ``work_dir``."""
     shape = (4, 2, 4, 4)
     schema = triplane_schema(shape)
-    uri = work_dir / "commit-latency.lance"
+    uri = uri or work_dir / "commit-latency.lance"
     committer = LanceCommitter(str(uri), schema)
     rows = make_rows(2, shape)
     times = []
@@ -174,7 +183,8 @@ def measure_commit_latency(work_dir: Path, commits: int, window: int = 50) -> di
     begin = time.perf_counter()
     committer.compact()
     compact_s = time.perf_counter() - begin
-    shutil.rmtree(uri, ignore_errors=True)
+    if isinstance(uri, Path):
+        shutil.rmtree(uri, ignore_errors=True)
     return {"commits": commits, "first_ms": 1e3 * statistics.median(times[:window]),
             "last_ms": 1e3 * statistics.median(times[-window:]), "compact_s": compact_s}
 
@@ -213,6 +223,80 @@ def report(results: list[dict[str, Any]], env: dict[str, Any], latency: dict[str
     return "\n".join(lines) + "\n"
 
 
+def measure_object_store(work_dir: Path, shape: tuple[int, ...], count: int, *, chunk_rows: int, batch_size: int,
+                         rounds: int, commits: int) -> dict[str, Any]:
+    """Sink writes and reader passes to a local S3 server vs local disk, side by side (see the module
+    docstring); the S3 commit latency next to the local one, measured the same way."""
+    import os
+
+    from cluster.local_s3 import LocalS3Server
+
+    with LocalS3Server(buckets=["bench"]) as server:
+        saved = {key: os.environ.get(key) for key in server.env()}
+        os.environ.update(server.env())
+        try:
+            rows = make_rows(count, shape)
+            schema = triplane_schema(shape)
+            tag = "x".join(map(str, shape))
+            uris = {"disk": str(work_dir / f"{tag}-disk.lance"), "s3": f"s3://bench/{tag}.lance"}
+            committers = {name: LanceCommitter(uri, schema) for name, uri in uris.items()}
+            seconds = {name: 0.0 for name in uris}
+            for chunk_index, start in enumerate(range(0, count, chunk_rows)):
+                chunk_id, table = chunk_table(schema, chunk_index, start, rows[start:start + chunk_rows])
+                for name, uri in uris.items():
+                    begin = time.perf_counter()
+                    committers[name].commit([chunk_id], write_fragments(uri, table, schema))
+                    seconds[name] += time.perf_counter() - begin
+            payload = sum(array.nbytes for array in rows)
+            passes = {name: (lambda epoch, uri=uri: _lance_pass(uri, batch_size, False, epoch))
+                      for name, uri in uris.items()}
+            times: dict[str, list[float]] = {name: [] for name in uris}
+            counts = {name: run(0) for name, run in passes.items()}
+            for epoch in range(rounds):
+                for name, run in passes.items():
+                    begin = time.perf_counter()
+                    run(epoch)
+                    times[name].append(time.perf_counter() - begin)
+            rates = {name: counts[name] / statistics.median(times[name]) for name in uris}
+            latency = {name: measure_commit_latency(work_dir, commits, window=min(50, commits // 2),
+                                                    uri="s3://bench/latency.lance" if name == "s3" else
+                                                    str(work_dir / "latency-disk.lance"))
+                       for name in ("disk", "s3")}
+            stored = {name: dataset_bytes(uri) / count for name, uri in uris.items()}
+            return {"shape": shape, "rows": count, "row_mib": rows[0].nbytes / 2**20, "chunk_rows": chunk_rows,
+                    "write_mb_s": {name: payload / MB / s for name, s in seconds.items()},
+                    "read_samples_s": rates, "bytes_per_row": stored, "latency": latency,
+                    "moto": __import__("moto").__version__}
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def object_store_report(results: list[dict[str, Any]]) -> str:
+    if not results:
+        return ""
+    lines = ["", f"## Object store: local S3 server (moto {results[0]['moto']}) vs local disk, same run", "",
+             "Chunks of the same rows written and committed to both, interleaved; reads alternate full in-order "
+             "passes of `LanceShardReader` (median samples/s). moto is one Python process holding objects in "
+             "memory: this is Lance's S3 code path on this CPU, not the speed of a real S3.", "",
+             "| triplane (fp16) | MiB/row | rows | write MB/s: disk / S3 (ratio) | read samples/s: disk / S3 (ratio) "
+             "| stored bytes/row: disk / S3 | commit ms first→last: disk / S3 |",
+             "|---|---:|---:|---|---|---|---|"]
+    for row in results:
+        write, read, size, lat = row["write_mb_s"], row["read_samples_s"], row["bytes_per_row"], row["latency"]
+        lines.append(
+            f"| {'×'.join(map(str, row['shape']))} | {row['row_mib']:.2f} | {row['rows']} "
+            f"| {write['disk']:.0f} / {write['s3']:.0f} ({write['s3'] / write['disk']:.2f}x) "
+            f"| {read['disk']:.0f} / {read['s3']:.0f} ({read['s3'] / read['disk']:.2f}x) "
+            f"| {size['disk']:.0f} / {size['s3']:.0f} "
+            f"| {lat['disk']['first_ms']:.1f}→{lat['disk']['last_ms']:.1f} / "
+            f"{lat['s3']['first_ms']:.1f}→{lat['s3']['last_ms']:.1f} ({lat['s3']['commits']} commits) |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_shapes(text: str) -> list[tuple[tuple[int, ...], int]]:
     """'4x32x64x64:64,4x32x256x256:24' → [((4, 32, 64, 64), 64), ((4, 32, 256, 256), 24)]."""
     configs = []
@@ -231,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--commits", type=int, default=600, help="commits of the latency measurement (0: skip)")
+    parser.add_argument("--object-store", default=None, metavar="SHAPES",
+                        help="also measure against a local S3 server (moto) for these shapes, e.g. "
+                             "4x32x256x256:16 (side by side with local disk; needs the dev extra)")
+    parser.add_argument("--object-store-commits", type=int, default=100, help="S3 commit-latency commits")
     parser.add_argument("--work-dir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--date", default=None)
     parser.add_argument("--report", default=None, help="write the markdown report here")
@@ -244,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(run_config(work_dir, shape, count, blob=encoding == "blob",
                                           chunk_rows=args.chunk_rows, batch_size=args.batch_size, rounds=args.rounds))
         latency = measure_commit_latency(work_dir, args.commits) if args.commits > 0 else None
+        object_store = [measure_object_store(work_dir, shape, count, chunk_rows=args.chunk_rows,
+                                             batch_size=args.batch_size, rounds=args.rounds,
+                                             commits=args.object_store_commits)
+                        for shape, count in parse_shapes(args.object_store or "")]
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -252,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "rounds": args.rounds, "batch_size": args.batch_size,
         "argv": "python benchmarks/lance_io.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    text = report(results, env, latency)
+    text = report(results, env, latency) + object_store_report(object_store)
     sys.stdout.write(text)
     if args.report:
         Path(args.report).write_text(text)

@@ -161,6 +161,7 @@ def test_strict_closes_listed_properties_only():
 
 
 def test_rayservice_runs_the_serve_application_with_valid_settings():
+    from avatar4d.config import ConfigError
     from serve.settings import ServeSettings
 
     _, service = kind(documents(), "RayService")
@@ -170,7 +171,7 @@ def test_rayservice_runs_the_serve_application_with_valid_settings():
     assert settings.checkpoints == "/models" and settings.max_replicas > 1
     deployments = {d["name"] for d in application["deployments"]}
     assert {"AvatarGenerator", "FrameRenderer"} <= deployments
-    with pytest.raises(Exception):  # noqa: B017 - ConfigError or TypeError: either way refused
+    with pytest.raises(ConfigError, match="unknown key"):
         ServeSettings.from_args({**application["args"], "checkpoint": "/models"})
 
 
