@@ -146,8 +146,10 @@ class Ingress:
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            generator, renderer = await asyncio.gather(self.generator.info.remote(), self.renderer.info.remote())
-            self._info = {**generator, **renderer}
+            generator, renderer, encoders = await asyncio.gather(
+                self.generator.info.remote(), self.renderer.info.remote(), self.encoders.info.remote())
+            hashes = {**generator["hashes"], **encoders, "generator": renderer["generator"]}
+            self._info = {**generator, **renderer, "hashes": hashes}
         return self._info
 
     # --- pages and health -------------------------------------------------------------------------

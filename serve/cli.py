@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device of the model replicas (default: the preset's)")
     parser.add_argument("--max-replicas", type=int, default=1, help="autoscale the generator and renderer up to N")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--max-frames", type=int, default=96, help="most frames one render request may ask for")
+    parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="largest request body")
+    parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest portrait (width × height)")
     parser.set_defaults(handler=run)
 
 
@@ -46,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from serve.app import build_app
     from serve.settings import ServeSettings
 
-    settings = ServeSettings(checkpoints=str(args.checkpoints), store_dir=str(args.store), pipeline_preset=args.preset,
-                             device=args.device, max_replicas=args.max_replicas)
+    settings = ServeSettings(checkpoints=str(args.checkpoints), store_dir=str(args.store),
+                             pipeline_preset=args.preset, device=args.device, max_replicas=args.max_replicas,
+                             max_frames=args.max_frames, max_body_bytes=args.max_body_bytes,
+                             max_pixels=args.max_pixels, default_frames=min(24, max(args.max_frames, 1)))  # ConfigError
+    # is a UserError: a bad limit is one line
     app = build_app(settings)  # resolves the checkpoints first: a bad folder is one line, before Ray starts
     print(f"starting Ray Serve on http://{args.host}:{args.port}/ ...", flush=True)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=bool(args.verbose),
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="avatar4d", route_prefix="/")
         print(f"avatar4d is serving: web page http://{args.host}:{args.port}/  API docs "
-              f"http://{args.host}:{args.port}/docs  (Ctrl-C stops it)", flush=True)
+              f"http://{args.host}:{args.port}/docs  (Ray at {ray.get_runtime_context().gcs_address}; Ctrl-C stops "
+              "it)", flush=True)
         threading.Event().wait()
     finally:
         serve.shutdown()

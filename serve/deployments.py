@@ -109,6 +109,9 @@ class Encoders:
     async def __call__(self, portrait: Any) -> tuple[Any, Any]:
         return await asyncio.to_thread(self._run, portrait)
 
+    def info(self) -> dict[str, Any]:
+        return {"encoders": self.sha256}
+
     def ready(self) -> bool:
         return True
 

@@ -21,15 +21,18 @@ def add_pipeline_options(parser: argparse.ArgumentParser, *, checkpoints_require
     parser.add_argument(preset_flag, dest="pipeline_preset", choices=("tiny", "paper"), default="tiny",
                         help="pipeline preset (paper: bf16 on a GPU, 512² frames, the paper's sampler)")
     parser.add_argument("--device", help="torch device (default: the preset's; cpu or cuda)")
+    parser.add_argument("--renderer", choices=("auto", "parametric", "motion-aware"), default="auto",
+                        help="frame renderer: auto = the motion-aware renderer when the checkpoints have one")
 
 
 def build_pipeline(args: argparse.Namespace, checkpoints: Path, **overrides):
     from avatar4d.pipeline import PIPELINE_PRESETS, AvatarPipeline
 
     config = PIPELINE_PRESETS.get(args.pipeline_preset)
+    overrides.setdefault("renderer", args.renderer)
     if args.device:
         overrides["device"] = args.device
-    return AvatarPipeline.load(checkpoints, config.replace(**overrides) if overrides else config)
+    return AvatarPipeline.load(checkpoints, config.replace(**overrides))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

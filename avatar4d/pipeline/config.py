@@ -9,6 +9,7 @@ from avatar4d.config import Config, ConfigError, PresetRegistry
 from avatar4d.diffusion.sampling import SamplingConfig
 
 PRECISIONS = ("float32", "bfloat16")
+RENDERERS = ("auto", "parametric", "motion-aware")
 
 
 @dataclasses.dataclass
@@ -20,11 +21,13 @@ class PipelineConfig(Config):
     portrait (the avatar keeps them; its identity shapes the driven meshes); without it the source
     camera is frontal and the coefficients are zero. ``render_resolution``: neural rendering size
     (None = the generator's); ``output_resolution``: frame size (None = the generator's image size).
-    Limits (``max_pixels``, ``max_frames``, ``max_batch``) bound what one call may ask for.
+    ``renderer``: ``auto`` takes the motion-aware renderer when the checkpoints have one, else the
+    parametric rendering. Limits (``max_pixels``, ``max_frames``, ``max_batch``) bound what one call may ask for.
     """
 
     sampling: SamplingConfig | None = None
     track: bool = True
+    renderer: str = "auto"
     seed: int = 0
     device: str = "cpu"
     precision: str = "float32"
@@ -36,6 +39,8 @@ class PipelineConfig(Config):
     fps: float = 25.0
 
     def __post_init__(self) -> None:
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"renderer must be one of {RENDERERS}, got {self.renderer!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("max_batch", "max_frames", "max_pixels"):

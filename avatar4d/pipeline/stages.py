@@ -29,7 +29,7 @@ from avatar4d.models.vae import from_dit_tokens, load_vae, unscale_latent
 from avatar4d.pipeline.avatar import Avatar
 from avatar4d.pipeline.checkpoints import PipelineCheckpoints
 from avatar4d.pipeline.config import PipelineConfig
-from avatar4d.pipeline.frames import FrameRenderer, ParametricFrameRenderer
+from avatar4d.pipeline.frames import FrameRenderer, MotionAwareFrameRenderer, ParametricFrameRenderer
 from avatar4d.pipeline.images import square_portrait
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,12 @@ class FrameStage:
                                                   render_resolution=config.render_resolution,
                                                   output_resolution=config.output_resolution)
         self.renderer: FrameRenderer = self.parametric
+        if config.renderer == "motion-aware" and checkpoints.renderer is None:
+            raise UserError("the motion-aware renderer was asked for but the checkpoints name none "
+                            "(pipeline.json \"renderer\", or a renderer/ folder)")
+        if config.renderer != "parametric" and checkpoints.renderer is not None:
+            self.renderer = MotionAwareFrameRenderer(checkpoints.renderer, self.parametric, self.device,
+                                                     output_resolution=config.output_resolution)
 
     def check_avatar(self, avatar: Avatar) -> None:
         channels = self.parametric.domain.plane_channels

@@ -67,6 +67,22 @@ def test_render_job_checks(pipeline):
         pipeline.job(avatar, from_arrays([[float("inf")] * 10]))
 
 
+def test_motion_aware_renderer_plugs_in(tmp_path):
+    from avatar4d.errors import UserError
+
+    checkpoints = make_checkpoints(tmp_path / "ckpt", renderer=True)
+    pipeline = AvatarPipeline.load(checkpoints, PipelineConfig(track=False))
+    assert pipeline.renderer.name == "motion-aware"
+    avatar = pipeline.create(list(world_portraits(1)[0]))[0]
+    frames = pipeline.animate(avatar, preset_sequence("talk", pipeline.head, 3))
+    assert frames.shape == (3, 64, 64, 3) and frames.std() > 0
+    parametric = AvatarPipeline.load(checkpoints, PipelineConfig(track=False, renderer="parametric"))
+    assert parametric.renderer.name == "parametric"
+    assert not np.array_equal(parametric.animate(avatar, preset_sequence("talk", pipeline.head, 3)), frames)
+    with pytest.raises(UserError, match="checkpoints name none"):
+        AvatarPipeline.load(make_checkpoints(tmp_path / "plain"), PipelineConfig(renderer="motion-aware"))
+
+
 def test_create_and_animate_commands(checkpoints, tmp_path, capsys):
     portrait = tmp_path / "portrait.png"
     portrait.write_bytes(encode_png(world_portraits(1, domain="zombie")[0][0]))
