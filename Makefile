@@ -19,10 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --progress-bar off -c constraints.txt -e ".[dev]"
 	touch $@
 
-demo: $(STAMP)  ## the main job on the embedded default: the data factory (tiny GANs, local Ray) → ./data
-	$(BIN)/avatar4d factory run --out data
-	$(BIN)/avatar4d factory preview data --out outputs/preview.png
-	$(BIN)/avatar4d demo --out outputs/demo
+demo: $(STAMP)  ## the main job on the embedded default: world factory → VAE → encode → DiT → renderer → an avatar of a held-out portrait (outputs/demo/index.html); resumes when run again
+	$(BIN)/python -m avatar4d.pipeline.demo --data data --heldout data-heldout --runs runs --out outputs
+	$(BIN)/avatar4d demo --out outputs/world
 
 test: $(STAMP)  ## the whole test suite (unit + integration), CPU only
 	$(BIN)/python -m pytest tests -q
