@@ -185,3 +185,35 @@ def resolve_checkpoints(spec: str | Path) -> PipelineCheckpoints:
     logger.info("checkpoints from %s: DiT %s, VAE %s, generator %s", found.source, found.dit, found.vae,
                 found.generator)
     return found
+
+
+def write_random_checkpoints(root: str | Path, *, domain: str = "pixar", seed: int = 0,
+                             renderer: bool = False) -> Path:
+    """Randomly initialised tiny checkpoints in the ``dit/ vae/ generator/ [renderer/]`` layout (the
+    generator is the procedural world of ``domain``, exact; the DiT, VAE and renderer are untrained):
+    what tests and benchmarks load when the point is the machinery, not what a model learned."""
+    import torch
+
+    from avatar4d.models.dit import DIT_PRESETS, ImageConditionedDiT, save_dit
+    from avatar4d.models.vae import VAE_PRESETS, TriplaneVAE
+    from avatar4d.models.vae.convert import save_vae
+    from avatar4d.world import WORLD_PRESETS, ProceduralWorldGenerator, save_world, style_for_domain
+
+    root = Path(root)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        save_dit(root / "dit", ImageConditionedDiT(DIT_PRESETS.get("tiny")))
+        save_vae(root / "vae", TriplaneVAE(VAE_PRESETS.get("tiny")))
+        save_world(root / "generator", ProceduralWorldGenerator(WORLD_PRESETS.get("tiny",
+                                                                                  style=style_for_domain(domain))))
+        if renderer:
+            from avatar4d.models.renderer import (
+                MOTION_ENCODER_PRESETS,
+                RENDERER_PRESETS,
+                MotionAwareRenderer,
+                MotionEncoder,
+            )
+
+            MotionAwareRenderer(RENDERER_PRESETS.get("tiny")).save_pretrained(root / "renderer")
+            MotionEncoder(MOTION_ENCODER_PRESETS.get("tiny")).save_pretrained(root / "renderer" / "motion_encoder")
+    return root

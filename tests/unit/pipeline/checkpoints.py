@@ -8,30 +8,13 @@ from pathlib import Path
 
 import torch
 
-from avatar4d.models.dit import DIT_PRESETS, ImageConditionedDiT, save_dit
-from avatar4d.models.vae import VAE_PRESETS, TriplaneVAE
-from avatar4d.models.vae.convert import save_vae
-from avatar4d.world import WORLD_PRESETS, ProceduralWorldGenerator, save_world, style_for_domain
+from avatar4d.pipeline.checkpoints import write_random_checkpoints
+from avatar4d.world import WORLD_PRESETS, ProceduralWorldGenerator, style_for_domain
 
 
 def make_checkpoints(root: Path, domain: str = "pixar", seed: int = 0, *, renderer: bool = False) -> Path:
     """``root`` with dit/, vae/ and generator/ (and renderer/ with its motion_encoder/); returns ``root``."""
-    torch.manual_seed(seed)
-    save_dit(root / "dit", ImageConditionedDiT(DIT_PRESETS.get("tiny")))
-    save_vae(root / "vae", TriplaneVAE(VAE_PRESETS.get("tiny")))
-    world = ProceduralWorldGenerator(WORLD_PRESETS.get("tiny", style=style_for_domain(domain)))
-    save_world(root / "generator", world)
-    if renderer:
-        from avatar4d.models.renderer import (
-            MOTION_ENCODER_PRESETS,
-            RENDERER_PRESETS,
-            MotionAwareRenderer,
-            MotionEncoder,
-        )
-
-        MotionAwareRenderer(RENDERER_PRESETS.get("tiny")).save_pretrained(root / "renderer")
-        MotionEncoder(MOTION_ENCODER_PRESETS.get("tiny")).save_pretrained(root / "renderer" / "motion_encoder")
-    return root
+    return write_random_checkpoints(root, domain=domain, seed=seed, renderer=renderer)
 
 
 def world_portraits(count: int, *, domain: str = "pixar", seed: int = 123, yaw: float = 0.0):
