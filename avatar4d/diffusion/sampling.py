@@ -261,10 +261,17 @@ def sample_latents(model: ImageConditionedDiT, clip: torch.Tensor, dino: torch.T
     """Latents [B, C, H, W] (DiT layout) for CLIP tokens [B, Tc, Dc] and DINO tokens [B, Td, Dd]
     (``noise``: the initial noise [B, C, H, W], else drawn from ``generator``)."""
     batch = clip.shape[0]
-    uncond_clip = (null_clip.to(device).expand(batch, -1, -1) if null_clip is not None
-                   else model.null_clip_input(batch, clip.shape[1], device=device))
+    guided = sampling.guidance_scale != 1
+    if guided and null_clip is None and getattr(model.config, "null_clip", None) == "zero_image":
+        from avatar4d.errors import UserError
+
+        raise UserError("this DiT's unconditional input is the CLIP embedding of an all-zero image (as released): "
+                        f"pass null_clip= (the image encoders' null_condition(), or {NULL_CONDITION_FILE})")
+    uncond_clip = None if not guided else (null_clip.to(device).expand(batch, -1, -1) if null_clip is not None
+                                           else model.null_clip_input(batch, clip.shape[1], device=device))
     return sample(lambda x, t, **kw: model(x, t, **kw), shape, scheduler=sampling.scheduler, steps=sampling.steps,
                   guidance_scale=sampling.guidance_scale, generator=generator,
                   cond={"clip_tokens": clip, "dino_tokens": dino},
-                  uncond={"clip_tokens": uncond_clip, "dino_tokens": dino}, device=device, diffusion=diffusion,
+                  uncond=None if uncond_clip is None else {"clip_tokens": uncond_clip, "dino_tokens": dino},
+                  device=device, diffusion=diffusion,
                   noise=noise, timesteps=sampling.timesteps)

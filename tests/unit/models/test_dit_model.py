@@ -258,3 +258,21 @@ def test_a_release_style_null_condition_is_read_or_refused(tmp_path):
     tokens = torch.randn(5, 32)
     save_file({"clip_tokens": tokens, "dino_tokens": torch.zeros(5, 24)}, str(tmp_path / NULL_CONDITION_FILE))
     assert torch.equal(null_clip_tokens("zero_image", tmp_path), tokens[None])
+
+
+def test_sampling_a_release_style_dit_needs_its_null_condition():
+    from avatar4d.diffusion import DiffusionConfig, SamplingConfig
+    from avatar4d.diffusion.sampling import sample_latents
+    from avatar4d.errors import UserError
+
+    config = DIT_PRESETS.get("tiny").replace(null_clip="zero_image", init="pixart")
+    model = ImageConditionedDiT(config).eval()
+    x, _, clip, dino = _inputs(config)
+    kwargs = dict(sampling=SamplingConfig(steps=2), diffusion=DiffusionConfig())
+    with pytest.raises(UserError, match="all-zero image"):
+        sample_latents(model, clip, dino, tuple(x.shape), **kwargs)
+    zero_image_clip = torch.randn(1, config.clip_tokens, config.clip_channels)
+    assert torch.isfinite(sample_latents(model, clip, dino, tuple(x.shape), null_clip=zero_image_clip, **kwargs)).all()
+    unguided = SamplingConfig(steps=2, guidance_scale=1.0)  # no unconditional branch: nothing to refuse
+    latents = sample_latents(model, clip, dino, tuple(x.shape), sampling=unguided, diffusion=DiffusionConfig())
+    assert latents.shape == x.shape
