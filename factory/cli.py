@@ -13,6 +13,7 @@ from pathlib import Path
 
 from avatar4d.errors import UserError
 from factory.encode_cli import register_encode
+from factory.stylize_cli import register_stylize
 
 DESCRIPTION = (
     "Ray data factory: per-domain 4D GAN actors mass-produce image–parametric-triplane pairs "
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     factory.set_defaults(group_parser=factory)
     _register_run(commands)
     register_encode(commands)
+    register_stylize(commands)
 
     status = commands.add_parser("status", help="rows per domain and set, bytes, versions, committed chunks",
                                  description="Summarise the Lance datasets of a factory output folder.")

@@ -34,6 +34,13 @@ TASK_HELP = {
                  "adversarial (dual discriminator, R1, density regulariser) with the decoder and super-resolution "
                  "unfrozen. Initialised from the domain generator's decoder + SR. DeepSpeed on Ray Train workers, "
                  "checkpoints in <storage>/<run-name>, metrics and source|driving|output|truth grids in MLflow."),
+    "gan": ("fine-tune a domain's 4D GAN on <data>/stylized.lance",
+            "Fine-tune a Next3D GAN (from --base-checkpoint) on one domain's stylized portraits with their source "
+            "meshes and cameras (<data>/stylized.lance from `avatar4d factory stylize`): non-saturating logistic "
+            "loss, lazy R1 (gamma 5), density regulariser 0.25, adaptive augmentation (flip, integer translation, "
+            "colour), decreasing blur of the discriminator input, stop after --images. Data parallel on Ray Train "
+            "workers (DeepSpeed ZeRO-1, one engine each for G and D); losses, ADA p and sample grids in MLflow; the "
+            "final generator in <storage>/<run-name>/final is what the factory loads for the domain."),
 }
 
 
@@ -51,7 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         elif task == "dit":
             parser.add_argument("--vae-checkpoint", type=Path, default=None, metavar="DIR",
                                 help="the VAE of the dataset's latents: sample grids then show renders too")
-        if task == "renderer":
+        elif task == "gan":
+            parser.add_argument("--domain", required=True, metavar="NAME", help="the domain to fine-tune")
+            parser.add_argument("--base-checkpoint", type=Path, default=None, metavar="DIR",
+                                help="the Next3D generator to start from (default: the recipe's random init)")
+            parser.add_argument("--images", type=int, default=None, metavar="N",
+                                help="stop after N images (default: the recipe's; sets the steps)")
+        if task == "gan":
+            pass  # its data folder holds stylized.lance; generators are not read
+        elif task == "renderer":
             parser.add_argument("--init-generator", type=Path, default=None, metavar="DIR",
                                 help="domain generator checkpoint whose decoder + SR start the renderer "
                                      "(default: the generator of the dataset's first row)")
@@ -139,6 +154,8 @@ def build_config(args: argparse.Namespace) -> Any:
         from train.vae.recipes import get_recipe
     elif args.task == "renderer":
         from train.renderer.recipes import get_recipe
+    elif args.task == "gan":
+        from train.gan.recipes import get_recipe
     else:
         from train.dit.recipes import get_recipe
     config = load_config_file(args.config, args.task) if getattr(args, "config", None) else get_recipe(args.recipe)
@@ -154,6 +171,12 @@ def build_config(args: argparse.Namespace) -> Any:
         overrides["loss.lpips_backbone"] = str(args.lpips_backbone)
     if getattr(args, "vae_checkpoint", None) is not None:
         overrides["vae_checkpoint"] = str(args.vae_checkpoint)
+    if args.task == "gan" and args.steps is not None and getattr(args, "images", None) is None:
+        overrides["images"] = 0  # --steps counts steps: the recipe's image budget no longer sets them
+    for option in ("domain", "base_checkpoint", "images"):
+        if getattr(args, option, None) is not None:
+            value = getattr(args, option)
+            overrides[option] = str(value) if isinstance(value, Path) else value
     if getattr(args, "init_generator", None) is not None:
         overrides["init_generator"] = str(args.init_generator)
     if getattr(args, "generators", None):
