@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from avatar4d.errors import UserError
 from avatar4d.metrics.config import FidConfig
+from avatar4d.metrics.weights import read_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +54,6 @@ class FeaturePassThrough(nn.Module):
         return features.flatten(1)
 
 
-def check_weights_file(path: str | Path, what: str) -> Path:
-    """A local weights file that holds only tensors (a pickle that would run code is refused)."""
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UserError(f"{what} weights not found: {resolved}")
-    try:
-        torch.load(resolved, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UserError(f"{resolved} is not a {what} weights file ({type(error).__name__})") from None
-    return resolved
-
-
 class FrechetDistance:
     """FID between the ``real`` and the ``fake`` images added with :meth:`update`."""
 
@@ -77,7 +65,7 @@ class FrechetDistance:
             raise ValueError("give either a feature network or the Inception weights file")
         if inception_weights is not None:
             # torch-fidelity reads the file with weights_only=False: it was checked to hold tensors only
-            path = check_weights_file(inception_weights, "FID Inception-v3")
+            path, _ = read_weights_file(inception_weights, "FID Inception-v3")
             self.metric = FrechetInceptionDistance(feature=2048, normalize=True,
                                                    feature_extractor_weights_path=str(path))
         else:

@@ -13,14 +13,15 @@ onto ArcFace's 112² template, applied with ``grid_sample``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar4d.checkpoint.io import load_state_dict_strict
 from avatar4d.errors import UserError
 from avatar4d.metrics.config import IdentityConfig
+from avatar4d.metrics.weights import read_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +83,10 @@ def load_iresnet(config: IdentityConfig, *, seed: int = 0) -> IResNet:
         torch.manual_seed(seed)
         model = IResNet(config)
     if config.checkpoint is not None:
-        path = Path(config.checkpoint).expanduser()
-        if not path.is_file():
-            raise UserError(f"ArcFace checkpoint not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-            raise UserError(f"cannot read ArcFace checkpoint {path} ({type(error).__name__})") from None
-        expected = model.state_dict()
+        path, state = read_weights_file(config.checkpoint, "ArcFace")
         if not isinstance(state, dict):
             raise UserError(f"{path} is not an IResNet state dict")
-        missing = sorted(set(expected) - set(state))
-        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-        if missing or wrong:
-            detail = (f"missing {missing[:3]}" if missing else
-                      f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}")
-            raise UserError(f"{path} does not fit the IResNet of layers {list(config.layers)}: {detail}")
-        model.load_state_dict({k: state[k] for k in expected})
+        load_state_dict_strict(model, state, what=f"ArcFace IResNet (layers {list(config.layers)}) of {path}")
         logger.info("ArcFace IResNet loaded from %s", path)
     return model.requires_grad_(False).eval()
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar4d.errors import UserError
+from avatar4d.metrics.weights import read_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +42,7 @@ def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
         module = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if backbone is not None:
-        path = Path(backbone).expanduser()
-        if not path.is_file():
-            raise UserError(f"LPIPS backbone weights not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-            raise UserError(f"cannot read LPIPS backbone {path}: {type(error).__name__}") from None
+        path, state = read_weights_file(backbone, "LPIPS backbone")
         trunk = module.net.state_dict()
         missing = [k for k in trunk if not isinstance(state, dict) or _trunk_key(k) not in state]
         if missing:

@@ -93,7 +93,7 @@ def test_iresnet_100_has_the_released_arcface_size_and_loads_its_own_state_dict(
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), source.state_dict().values()))
     wider = IdentityConfig(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), input_size=32, embedding_size=32,
                            checkpoint=str(path))
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match="do not fit"):
         load_iresnet(wider)
 
 
