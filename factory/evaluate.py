@@ -30,9 +30,13 @@ MAX_CPU_WORKERS = 8
 
 @dataclasses.dataclass(frozen=True)
 class EvalChunk:
+    """Model ``model`` on case ``case``; ``data``: the case's object ref (fetched by the worker, so
+    no actor holds constructor arguments in the object store across restarts)."""
+
     model: int
     case: int
     sample: bool
+    data: Any = None
 
     @property
     def chunk_id(self) -> str:
@@ -42,8 +46,7 @@ class EvalChunk:
 class EvalWorker:
     """Holds the pipelines and the metric suite; evaluates one (model, case) chunk per call."""
 
-    def __init__(self, named: list[tuple[str, str]], config: dict[str, Any], cases: list[ReenactmentCase],
-                 threads: int) -> None:
+    def __init__(self, named: list[tuple[str, str]], config: dict[str, Any], threads: int) -> None:
         import torch
 
         from avatar4d.evaluation.makers import PipelineMaker
@@ -55,7 +58,7 @@ class EvalWorker:
         self.makers = [PipelineMaker.load(path, name=name, device=device, seed=self.config.seed)
                        for name, path in named]
         self.suite = MetricSuite(self.config.metrics, device=device)
-        self.cases, self.device = cases, device
+        self.device = device
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -67,19 +70,22 @@ class EvalWorker:
         return True
 
     def run(self, chunk: EvalChunk) -> PartialResult:
+        import ray
+
         from avatar4d.evaluation.protocol import evaluate_cases
 
+        case = ray.get(chunk.data)
         self.suite.reset()  # this chunk's FID moments only; the driver adds them up
-        return evaluate_cases(self.makers[chunk.model], [self.cases[chunk.case]], self.suite,
-                              samples_per_task=1 if chunk.sample else 0)
+        return evaluate_cases(self.makers[chunk.model], [case], self.suite, samples_per_task=1 if chunk.sample else 0)
 
 
-def plan_chunks(models: int, cases: list[ReenactmentCase], samples_per_task: int) -> list[EvalChunk]:
+def plan_chunks(models: int, cases: list[ReenactmentCase], samples_per_task: int,
+                refs: list[Any] | None = None) -> list[EvalChunk]:
     """Every (model, case) pair; the first ``samples_per_task`` cases of each task get sample sheets."""
     sampled: set[int] = set()
     for task in ("self", "cross"):
         sampled.update([i for i, case in enumerate(cases) if case.task == task][:samples_per_task])
-    return [EvalChunk(m, c, c in sampled) for m in range(models) for c in range(len(cases))]
+    return [EvalChunk(m, c, c in sampled, refs[c] if refs else None) for m in range(models) for c in range(len(cases))]
 
 
 def run_distributed(address: str, named: list[tuple[str, str]], cases: list[ReenactmentCase], config: EvalConfig,
@@ -92,20 +98,19 @@ def run_distributed(address: str, named: list[tuple[str, str]], cases: list[Reen
     from factory.scheduler import ChunkScheduler, WorkerSlot
     from factory.workers import wait_for_workers
 
-    chunks = plan_chunks(len(named), cases, config.samples_per_task)
     parts: dict[tuple[int, int], PartialResult] = {}
     with tempfile.TemporaryDirectory(prefix="avatar4d-eval-") as state, \
             ray_session(None if address == "local" else address, 2, Path(state)), \
-            tqdm(total=len(chunks), desc="evaluating", unit="case", disable=not progress) as bar:
+            tqdm(total=len(named) * len(cases), desc="evaluating", unit="case", disable=not progress) as bar:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpus = gpus > 0 and config.device.startswith("cuda")
         count = gpus if use_gpus else max(1, min(int(ray.cluster_resources().get("CPU", 1)), MAX_CPU_WORKERS))
-        count = min(count, len(chunks))
+        count = min(count, len(named) * len(cases))
         worker = ray.remote(EvalWorker)
-        cases_ref = ray.put(cases)
+        chunks = plan_chunks(len(named), cases, config.samples_per_task, [ray.put(case) for case in cases])
         slots = [WorkerSlot(f"eval/{i}", EVAL_KEY, worker.options(
             name=f"avatar4d-eval-{i}", max_restarts=-1, max_task_retries=0, num_cpus=1,
-            num_gpus=1 if use_gpus else 0).remote(named, config.to_dict(), cases_ref, 1)) for i in range(count)]
+            num_gpus=1 if use_gpus else 0).remote(named, config.to_dict(), 1)) for i in range(count)]
         described = wait_for_workers(slots)  # a worker whose constructor raised: one line
         logger.info("evaluation workers: %s", described)
 

@@ -30,16 +30,18 @@ def _trunk_key(lpips_key: str) -> str:
     return f"features.{index}.{param}"
 
 
-def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False) -> nn.Module:
+def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False, seed: int = 0) -> nn.Module:
     """A frozen ``lpips.LPIPS`` (v0.1 calibration layers from the wheel) whose trunk is read from the
-    local torchvision weights file ``backbone``, or random when ``random_backbone``."""
+    local torchvision weights file ``backbone``, or random (drawn from ``seed``: the same trunk in
+    every process) when ``random_backbone``."""
     import lpips
 
     if backbone is None and not random_backbone:
         raise UserError(f"LPIPS needs the local weights of its {net} trunk (torchvision state dict): set "
                         "--lpips-backbone PATH (nothing is downloaded)")
-    with warnings.catch_warnings():  # lpips still passes torchvision's deprecated ``pretrained=False``
-        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # its deprecated pretrained=
+        torch.manual_seed(seed)
         module = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     if backbone is not None:
         path, state = read_weights_file(backbone, "LPIPS backbone")
@@ -56,9 +58,10 @@ class LPIPSMetric(nn.Module):
     """Per-image LPIPS distance [N] of two image batches [N, 3, H, W] in [0, 1] (0 for identical images;
     symmetric). Images narrower than :data:`MIN_RESOLUTION` are upsampled (bilinear) first."""
 
-    def __init__(self, net: str = "alex", backbone: str | None = None, *, random_backbone: bool = False) -> None:
+    def __init__(self, net: str = "alex", backbone: str | None = None, *, random_backbone: bool = False,
+                 seed: int = 0) -> None:
         super().__init__()
-        self.lpips = build_lpips(net, backbone, random_backbone=random_backbone)
+        self.lpips = build_lpips(net, backbone, random_backbone=random_backbone, seed=seed)
 
     @torch.no_grad()
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:

@@ -41,8 +41,8 @@ class MetricSuite:
 
         self.config, self.device = config, torch.device(device)
         seed = config.init_seed
-        self.lpips = LPIPSMetric(config.lpips.net, config.lpips.backbone,
-                                 random_backbone=config.lpips.random_backbone).to(self.device)
+        self.lpips = LPIPSMetric(config.lpips.net, config.lpips.backbone, random_backbone=config.lpips.random_backbone,
+                                 seed=seed).to(self.device)
         self.clip = ClipScore(config.clip, seed=seed).to(self.device)
         self.identity = IdentitySimilarity(config.identity, seed=seed).to(self.device)
         self.tracker = tracker or MotionTracker()

@@ -125,3 +125,23 @@ def test_user_mistakes_are_one_line_errors(setup, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 1 and err.startswith("avatar4d: error:") and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ray_workers_give_the_same_report_as_one_process(setup):
+    """The (model, case) pairs on a local Ray cluster's workers (the factory's scheduler) and in this
+    process: the same per-case numbers and the same merged FID."""
+    from avatar4d.evaluation.makers import PipelineMaker
+    from avatar4d.evaluation.runner import EVAL_PRESETS, load_clips, make_run_cases, run_local
+    from factory.evaluate import run_distributed
+
+    config = EVAL_PRESETS.get("tiny").replace(views=3, cross=False, samples_per_task=1)
+    cases = make_run_cases(load_clips(setup["data"], config), config)
+    named = [("untrained", str(setup["checkpoints"]))]
+    (local,) = run_local([PipelineMaker.load(named[0][1], name="untrained")], cases, config)
+    (distributed,) = run_distributed("local", named, cases, config, progress=False)
+    assert [c.name for c in distributed.cases] == [c.name for c in local.cases]
+    for ours, theirs in zip(distributed.cases, local.cases):
+        for metric, value in theirs.metrics.items():
+            assert ours.metrics[metric] == pytest.approx(value, rel=1e-3, abs=1e-4, nan_ok=True), (ours.name, metric)
+    assert distributed.summary["self"]["fid"] == pytest.approx(local.summary["self"]["fid"], rel=1e-3)
+    assert distributed.cases[0].sample is not None and distributed.cases[1].sample is None

@@ -27,6 +27,8 @@ def test_lpips_is_zero_for_identical_images_symmetric_and_positive_otherwise():
     assert metric(a, a) == pytest.approx(torch.zeros(3), abs=1e-7)
     assert metric(a, b) == pytest.approx(metric(b, a), rel=1e-5)
     assert (metric(a, b) > 0).all()
+    again = LPIPSMetric("alex", None, random_backbone=True)  # the random trunk is drawn from a seed
+    assert torch.equal(again(a, b), metric(a, b))
 
 
 def test_lpips_trunk_weights_come_from_a_local_torchvision_file(tmp_path):
