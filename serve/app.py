@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from avatar4d.errors import UserError
 from serve.schemas import AvatarInfo, CreateAvatarJSON, ErrorBody, RenderedFrames, RenderRequest
@@ -53,8 +54,8 @@ api = FastAPI(title="avatar4d", version="1",
 api.mount("/static", StaticFiles(directory=WEB), name="static")
 
 
-@api.exception_handler(HTTPException)
-async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+@api.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's own 404/405
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail), "status": exc.status_code}, status_code=exc.status_code)
 
 

@@ -42,6 +42,13 @@ def _threads(settings: ServeSettings) -> None:
     torch.set_num_threads(settings.num_threads)
 
 
+def configure_batching(method: Any, user_config: dict[str, Any]) -> None:
+    """Apply a deployment's ``user_config`` (:class:`BatchSettings`) to its ``@serve.batch`` method."""
+    batch = BatchSettings.from_dict(user_config)
+    method.set_max_batch_size(batch.max_batch_size)
+    method.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+
+
 class BatchStats:
     """Histogram of the batch sizes a ``@serve.batch`` method received."""
 
@@ -129,9 +136,7 @@ class AvatarGenerator:
         self.reconfigure(settings.generator_batch.to_dict())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        batch = BatchSettings.from_dict(user_config)
-        self.generate.set_max_batch_size(batch.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        configure_batching(self.generate, user_config)
 
     def _run(self, requests: list[tuple[Any, Any, int]]) -> list[Any]:
         import torch
@@ -224,9 +229,7 @@ class FrameRenderer:
         self.reconfigure(settings.renderer_batch.to_dict())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        batch = BatchSettings.from_dict(user_config)
-        self.render.set_max_batch_size(batch.max_batch_size)
-        self.render.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        configure_batching(self.render, user_config)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def render(self, jobs: list[Any]) -> list[np.ndarray]:
