@@ -218,14 +218,14 @@ class GANTask(TrainTask):
             out = g_engine(z, camera, vertices, update_emas=True, generator=noise)
             logits = critic(out.image, out.image_raw, label, blur=blur, augment=self.augment, generator=generator)
             loss = generator_loss(logits)
-            metrics = {"loss_G": float(loss), "D_fake_G": float(logits.mean())}
+            metrics = {"loss_G": float(loss.detach()), "D_fake_G": float(logits.detach().mean())}
             if loss_cfg.density_reg > 0 and step % loss_cfg.density_interval == 0:
                 rendering = g_module.config.rendering
                 density = density_regularizer(out.planes, g_module.decoder, convention=rendering.plane_convention,
                                               box_warp=rendering.box_warp, points=loss_cfg.density_points,
                                               p_dist=loss_cfg.density_p_dist, generator=generator)
                 loss = loss + density * loss_cfg.density_reg * loss_cfg.density_interval
-                metrics["density_reg"] = float(density)
+                metrics["density_reg"] = float(density.detach())
             return StepOutput(loss=loss, metrics=metrics)
         # phase D
         g_module.requires_grad_(False)
@@ -239,12 +239,13 @@ class GANTask(TrainTask):
         real, real_raw = real.requires_grad_(do_r1), real_raw.detach().requires_grad_(do_r1)
         real_logits = critic(real, real_raw, label, blur=blur, augment=self.augment, generator=generator)
         loss = discriminator_loss(real_logits, fake_logits)
-        metrics = {"loss_D": float(loss), "D_real": float(real_logits.mean()), "D_fake": float(fake_logits.mean()),
+        metrics = {"loss_D": float(loss.detach()), "D_real": float(real_logits.detach().mean()),
+                   "D_fake": float(fake_logits.detach().mean()),
                    "blur_sigma": blur}
         if do_r1:
             penalty = r1_from_logits(real_logits, real, real_raw)  # [B]
             loss = loss + penalty.mean() * (loss_cfg.r1_gamma / 2) * loss_cfg.r1_interval
-            metrics["r1_penalty"] = float(penalty.mean())
+            metrics["r1_penalty"] = float(penalty.detach().mean())
         metrics.update(self._adapt(critic, real_logits, step))
         return StepOutput(loss=loss, metrics=metrics)
 
