@@ -65,7 +65,8 @@ def service(tmp_path_factory):
     port = _free_port()
     log = (root / "serve.log").open("w")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # no token on this test cluster, so the restart test can join it as a second driver to kill a replica
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-m", "avatar4d.cli", "serve", "--checkpoints", str(checkpoints),
                              "--port", str(port), "--store", str(root / "store"), "--num-cpus", "2",
                              "--max-frames", str(MAX_FRAMES), "--max-body-bytes", str(MAX_BODY),
