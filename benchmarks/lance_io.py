@@ -228,51 +228,43 @@ def measure_object_store(work_dir: Path, shape: tuple[int, ...], count: int, *, 
     """Sink writes and reader passes to a local S3 server vs local disk, side by side (see the module
     docstring); the S3 commit latency next to the local one, measured the same way."""
     import os
+    from unittest import mock
 
     from cluster.local_s3 import LocalS3Server
 
-    with LocalS3Server(buckets=["bench"]) as server:
-        saved = {key: os.environ.get(key) for key in server.env()}
-        os.environ.update(server.env())
-        try:
-            rows = make_rows(count, shape)
-            schema = triplane_schema(shape)
-            tag = "x".join(map(str, shape))
-            uris = {"disk": str(work_dir / f"{tag}-disk.lance"), "s3": f"s3://bench/{tag}.lance"}
-            committers = {name: LanceCommitter(uri, schema) for name, uri in uris.items()}
-            seconds = {name: 0.0 for name in uris}
-            for chunk_index, start in enumerate(range(0, count, chunk_rows)):
-                chunk_id, table = chunk_table(schema, chunk_index, start, rows[start:start + chunk_rows])
-                for name, uri in uris.items():
-                    begin = time.perf_counter()
-                    committers[name].commit([chunk_id], write_fragments(uri, table, schema))
-                    seconds[name] += time.perf_counter() - begin
-            payload = sum(array.nbytes for array in rows)
-            passes = {name: (lambda epoch, uri=uri: _lance_pass(uri, batch_size, False, epoch))
-                      for name, uri in uris.items()}
-            times: dict[str, list[float]] = {name: [] for name in uris}
-            counts = {name: run(0) for name, run in passes.items()}
-            for epoch in range(rounds):
-                for name, run in passes.items():
-                    begin = time.perf_counter()
-                    run(epoch)
-                    times[name].append(time.perf_counter() - begin)
-            rates = {name: counts[name] / statistics.median(times[name]) for name in uris}
-            latency = {name: measure_commit_latency(work_dir, commits, window=min(50, commits // 2),
-                                                    uri="s3://bench/latency.lance" if name == "s3" else
-                                                    str(work_dir / "latency-disk.lance"))
-                       for name in ("disk", "s3")}
-            stored = {name: dataset_bytes(uri) / count for name, uri in uris.items()}
-            return {"shape": shape, "rows": count, "row_mib": rows[0].nbytes / 2**20, "chunk_rows": chunk_rows,
-                    "write_mb_s": {name: payload / MB / s for name, s in seconds.items()},
-                    "read_samples_s": rates, "bytes_per_row": stored, "latency": latency,
-                    "moto": __import__("moto").__version__}
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with LocalS3Server(buckets=["bench"]) as server, mock.patch.dict(os.environ, server.env()):
+        rows = make_rows(count, shape)
+        schema = triplane_schema(shape)
+        tag = "x".join(map(str, shape))
+        uris = {"disk": str(work_dir / f"{tag}-disk.lance"), "s3": f"s3://bench/{tag}.lance"}
+        committers = {name: LanceCommitter(uri, schema) for name, uri in uris.items()}
+        seconds = {name: 0.0 for name in uris}
+        for chunk_index, start in enumerate(range(0, count, chunk_rows)):
+            chunk_id, table = chunk_table(schema, chunk_index, start, rows[start:start + chunk_rows])
+            for name, uri in uris.items():
+                begin = time.perf_counter()
+                committers[name].commit([chunk_id], write_fragments(uri, table, schema))
+                seconds[name] += time.perf_counter() - begin
+        payload = sum(array.nbytes for array in rows)
+        passes = {name: (lambda epoch, uri=uri: _lance_pass(uri, batch_size, False, epoch))
+                  for name, uri in uris.items()}
+        times: dict[str, list[float]] = {name: [] for name in uris}
+        counts = {name: run(0) for name, run in passes.items()}
+        for epoch in range(rounds):
+            for name, run in passes.items():
+                begin = time.perf_counter()
+                run(epoch)
+                times[name].append(time.perf_counter() - begin)
+        rates = {name: counts[name] / statistics.median(times[name]) for name in uris}
+        latency = {name: measure_commit_latency(work_dir, commits, window=min(50, commits // 2),
+                                                uri="s3://bench/latency.lance" if name == "s3" else
+                                                str(work_dir / "latency-disk.lance"))
+                   for name in ("disk", "s3")}
+        stored = {name: dataset_bytes(uri) / count for name, uri in uris.items()}
+        return {"shape": shape, "rows": count, "row_mib": rows[0].nbytes / 2**20, "chunk_rows": chunk_rows,
+                "write_mb_s": {name: payload / MB / s for name, s in seconds.items()},
+                "read_samples_s": rates, "bytes_per_row": stored, "latency": latency,
+                "moto": __import__("moto").__version__}
 
 
 def object_store_report(results: list[dict[str, Any]]) -> str:

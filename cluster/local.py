@@ -265,14 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     with LocalRayCluster(worker_nodes=args.worker_nodes, cpus_per_node=args.cpus_per_node) as cluster:
-        sys.stdout.write(f"Ray cluster at {cluster.address}; run e.g.\n"
-                         f"  RAY_AUTH_MODE=token avatar4d factory run --address {cluster.address}\nCtrl-C stops it.\n")
-        sys.stdout.flush()
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        serve_until_interrupted(f"Ray cluster at {cluster.address}; run e.g.\n"
+                                f"  RAY_AUTH_MODE=token avatar4d factory run --address {cluster.address}\n")
     return 0
+
+
+def serve_until_interrupted(message: str) -> None:
+    """Print ``message`` and block until Ctrl-C (the caller's ``with`` block then stops what it started)."""
+    sys.stdout.write(f"{message}Ctrl-C stops it.\n")
+    sys.stdout.flush()
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

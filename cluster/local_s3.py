@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from cluster.local import free_port
+from cluster.local import free_port, serve_until_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO)
     with LocalS3Server(buckets=args.bucket or ["avatar4d"], port=args.port) as server:
         exports = "\n".join(f"export {key}={value}" for key, value in server.env().items())
-        sys.stdout.write(f"S3 server at {server.endpoint}; in another shell:\n{exports}\n"
-                         f"  avatar4d factory run --out s3://{server.buckets[0]}/data\nCtrl-C stops it.\n")
-        sys.stdout.flush()
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            pass
+        serve_until_interrupted(f"S3 server at {server.endpoint}; in another shell:\n{exports}\n"
+                                f"  avatar4d factory run --out s3://{server.buckets[0]}/data\n")
     return 0
 
 
