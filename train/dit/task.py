@@ -205,9 +205,11 @@ class DiTTask(TrainTask):
         import lance
 
         from avatar4d.data.schema import dataset_uri
+        from avatar4d.storage import storage_options
 
         try:
-            pairs = lance.dataset(dataset_uri(self.config.data, "pairs"))
+            uri = dataset_uri(self.config.data, "pairs")
+            pairs = lance.dataset(uri, storage_options=storage_options(uri))
             table = pairs.to_table(columns=["domain", "generator_sha256"])
         except (ValueError, OSError):
             return None
