@@ -93,7 +93,16 @@ def build_config(args: argparse.Namespace):
     for name in ("identities", "views", "device"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    return config.replace(**overrides)
+    config = config.replace(**overrides)
+    if config.device.startswith("cuda"):
+        import torch
+
+        from avatar4d.errors import UserError
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--preset {args.preset} runs on {config.device}, and this machine has no CUDA device: "
+                            "add --device cpu")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
