@@ -20,28 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from avatar4d.rendering.planes import sample_planes
+from avatar4d.metrics.perceptual import build_lpips
+from train.gan.losses import density_regularizer
 from train.renderer.recipes import RendererLossConfig
 
-
-def build_lpips(net: str, backbone: str | None, *, random_backbone: bool = False) -> nn.Module:
-    """The project's frozen LPIPS (its home moved from ``train.vae.losses`` to ``avatar4d.metrics``)."""
-    try:
-        from avatar4d.metrics.perceptual import build_lpips as build
-    except ImportError:  # before the metrics package landed
-        from train.vae.losses import build_lpips as build
-    return build(net, backbone, random_backbone=random_backbone)
-
-
-def density_regularizer(planes: Tensor, decoder: nn.Module, *, convention: str, box_warp: float, points: int,
-                        p_dist: float = 0.004, generator: torch.Generator | None = None) -> Tensor:
-    """Mean |σ(x) − σ(x + ε)| at ``points`` uniform points of the box per sample, ε ~ N(0, p_dist²)."""
-    b = planes.shape[0]
-    initial = (torch.rand(b, points, 3, generator=generator) * 2 - 1) * (box_warp / 2)  # [B, N, 3]
-    perturbed = initial + torch.randn(b, points, 3, generator=generator) * p_dist
-    coords = torch.cat([initial, perturbed], dim=1).to(planes.device, planes.dtype)  # [B, 2N, 3]
-    sigma = decoder(sample_planes(planes, coords, convention, box_warp))["sigma"]  # [B, 2N, 1]
-    return F.l1_loss(sigma[:, :points], sigma[:, points:])
+__all__ = ["RendererLoss", "build_lpips", "density_regularizer", "phase"]
 
 
 def phase(images_seen: int, config: RendererLossConfig) -> dict[str, bool | int]:

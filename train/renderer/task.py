@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 MULTIVIEW_HINT = "make one with `avatar4d factory run --multiview-identities N`"
 COLUMNS = ["triplane", "views", "domain", "generator_sha256"]
 PREVIEW_CELL = 128
+DENSITY_REG_P_DIST = 0.004  # the release's rendering_kwargs density_reg_p_dist
 RASTER_CACHE_ENTRIES = 4096  # rasterized target meshes kept per rank (a view's mesh never changes)
 
 
@@ -214,7 +215,8 @@ class RendererTask(TrainTask):
             rendering = module.renderer.config.rendering
             terms["density"] = density_regularizer(out["planes"], module.renderer.decoder,
                                                    convention=rendering.plane_convention, box_warp=rendering.box_warp,
-                                                   points=cfg.density_reg_points, generator=generator)
+                                                   points=cfg.density_reg_points, p_dist=DENSITY_REG_P_DIST,
+                                                   generator=generator)
         loss = self.loss.total(terms)
         metrics = {k: float(v.detach()) for k, v in terms.items()}
         metrics.update(loss=float(loss.detach()), images_seen=float(seen), neural_resolution=float(resolution),
