@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import small_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # trains the VAE (DeepSpeed, 2 workers) for 4 steps
 
 BUCKET = "avatar4d"
 DOMAINS = ["pixar", "greek_statue"]
