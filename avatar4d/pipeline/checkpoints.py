@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "pipeline.json"
 MLFLOW_PREFIX = "models:/"
-MLFLOW_CHECKPOINT_ARTIFACT = "checkpoint"  # where train/'s pyfunc keeps our checkpoint folder
 
 
 @dataclasses.dataclass
@@ -64,7 +63,8 @@ def from_mlflow(uri: str, cache: Path) -> Path:
 
     name = uri[len(MLFLOW_PREFIX):].strip("/").replace("/", "-")
     target = cache / name
-    if not (target / MLFLOW_CHECKPOINT_ARTIFACT).is_dir():
+    found = sorted(target.rglob("checkpoint.json")) if target.is_dir() else []
+    if not found:  # downloaded once; a registered version never changes
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI or store
@@ -74,8 +74,7 @@ def from_mlflow(uri: str, cache: Path) -> Path:
         found = sorted(local.rglob("checkpoint.json"))
         if not found:
             raise UserError(f"{uri} holds no avatar4d checkpoint (was it logged by `avatar4d train`?)")
-        return found[0].parent
-    return next(p.parent for p in sorted((target / MLFLOW_CHECKPOINT_ARTIFACT).rglob("checkpoint.json")))
+    return found[0].parent
 
 
 def _model_path(value: Any, root: Path, what: str) -> Path:
