@@ -60,8 +60,18 @@ def build_char_tokenizer(folder: Path, max_length: int = TINY_TEXT_TOKENS) -> An
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 
+def _components(unet: Any, controlnet: Any, vae: Any, text: Any, tokenizer: Any) -> dict[str, Any]:
+    """The pipeline's components with Stable Diffusion 1.5's DDIM schedule (scaled-linear betas)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+                scheduler=scheduler)
+
+
 def _tiny_components(seed: int) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_char_tokenizer(Path(tempfile.mkdtemp(prefix="avatar4d-tokenizer-")))
@@ -80,15 +90,12 @@ def _tiny_components(seed: int) -> dict[str, Any]:
                                             max_position_embeddings=TINY_TEXT_TOKENS,
                                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                             pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                scheduler=scheduler)
+    return _components(unet, controlnet, vae, text, tokenizer)
 
 
 def _paper_random_components(seed: int) -> dict[str, Any]:
     """Stable Diffusion 1.5's architecture (its published configs), random weights."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_char_tokenizer(Path(tempfile.mkdtemp(prefix="avatar4d-tokenizer-")), max_length=77)
@@ -103,10 +110,7 @@ def _paper_random_components(seed: int) -> dict[str, Any]:
                                             num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
                                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                             pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                scheduler=scheduler)
+    return _components(unet, controlnet, vae, text, tokenizer)
 
 
 def _check_path(option: str, path: str | None) -> Path:
