@@ -19,11 +19,11 @@ process reads them from its own environment, so they are not pickled into Ray ta
 to run records. :func:`redact` removes them from any text (the CLI installs
 :class:`RedactingFilter` on its log handlers).
 
-File helpers (:func:`exists`, :func:`read_text`, :func:`write_text`, :func:`list_files`,
-:func:`delete`, :func:`upload_dir`, :func:`download_dir`) go through ``pyarrow.fs`` — the
-filesystem layer Ray Train itself uses for ``storage_path`` — so local folders and buckets share
-one code path. pyarrow is imported inside the functions: the core stays importable with torch and
-numpy only.
+File helpers (:func:`exists`, :func:`read_text`, :func:`write_text`, :func:`read_bytes`,
+:func:`write_bytes`, :func:`list_files`, :func:`delete`, :func:`upload_dir`, :func:`download_dir`) go
+through ``pyarrow.fs`` — the filesystem layer Ray Train itself uses for ``storage_path`` — so local
+folders and buckets share one code path. pyarrow is imported inside the functions: the core stays
+importable with torch and numpy only.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY
 REDACTED = "***"
 
 __all__ = ["RedactingFilter", "cache_root", "check_uri", "delete", "download_dir", "endpoint_url", "exists",
-           "filesystem", "is_remote", "join", "list_files", "local_copy", "local_copy_path", "parent", "read_text",
-           "redact", "storage_options", "tree_bytes", "upload_dir", "write_text"]
+           "filesystem", "is_remote", "join", "list_files", "local_copy", "local_copy_path", "parent", "read_bytes",
+           "read_text", "redact", "storage_options", "tree_bytes", "upload_dir", "write_bytes", "write_text"]
 
 
 def is_remote(uri: str | Path) -> bool:
@@ -143,28 +143,43 @@ def exists(uri: str | Path) -> bool:
 
 def read_text(uri: str | Path) -> str | None:
     """The UTF-8 text of a file, or None when it does not exist."""
+    data = read_bytes(uri)
+    return None if data is None else data.decode("utf-8")
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    """Write a small text file whole (:func:`write_bytes`)."""
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_bytes(uri: str | Path) -> bytes | None:
+    """The bytes of a (small) file, or None when it does not exist (a local file is read without
+    pyarrow, so the core's local paths need torch and numpy only)."""
+    if not is_remote(uri):
+        path = Path(str(uri).removeprefix("file://")).expanduser()
+        return path.read_bytes() if path.is_file() else None
     import pyarrow.fs as pafs
 
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(path) as stream:
-        return stream.read().decode("utf-8")
+        return stream.read()
 
 
-def write_text(uri: str | Path, text: str) -> None:
-    """Write a small text file whole: locally through a temporary file and a rename, on S3 as one
-    PUT (readers see the old or the new object, never a part)."""
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    """Write a small file whole: locally through a temporary file and a rename, on S3 as one PUT
+    (readers see the old or the new object, never a part)."""
     if not is_remote(uri):
         path = Path(str(uri).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text)
+        temporary.write_bytes(data)
         os.replace(temporary, path)
         return
     fs, path = filesystem(uri)
     with fs.open_output_stream(path) as stream:
-        stream.write(text.encode("utf-8"))
+        stream.write(data)
 
 
 def list_files(uri: str | Path) -> dict[str, tuple[int, float]]:

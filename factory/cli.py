@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="Write a contact sheet: for a few pairs per domain, the image "
                                               "and the first three channels of each of the four planes of its "
                                               "parametric triplane (each normalised to its own range).")
-    preview.add_argument("dir", type=Path, help="the factory output folder")
+    preview.add_argument("dir", help="the factory output folder or its s3://bucket/prefix")
     preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
     preview.add_argument("--per-domain", type=int, default=4, help="pairs shown per domain")
     preview.add_argument("--domains", nargs="+", default=None, help="domains to show (default: all in the data)")
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  description="Read every fragment of pairs.lance, multiview.lance and encoded.lance "
                                              "in full (blobs included) and recompute the per-row checksums. Exit "
                                              "status 1 when something is damaged; `factory repair` removes it.")
-    verify.add_argument("dir", type=Path, help="the factory output folder")
+    verify.add_argument("dir", help="the factory output folder (local; see README for s3://)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_verify)
 
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                              "by `factory verify`, in one Lance commit per table; then run the "
                                              "same `factory run` (and `factory encode`) again: it regenerates "
                                              "exactly the removed chunks from their seeds.")
-    repair.add_argument("dir", type=Path, help="the factory output folder")
+    repair.add_argument("dir", help="the factory output folder (local; see README for s3://)")
     repair.set_defaults(handler=_repair)
 
     domains = commands.add_parser("domains", help="list the domain catalog (the paper's 28 + your YAML)",
@@ -209,6 +209,22 @@ def _existing_location(text: str) -> str | Path:
     return uri
 
 
+# `factory verify` / `repair` inspect the files of a dataset (fragment files, blob sidecars, the
+# _versions folder they roll back) on disk; Lance's object-store API does not expose them that way.
+LOCAL_ONLY = ("works on a local folder: copy the prefix (aws s3 sync {uri} DIR), run it on DIR, and sync "
+              "DIR back while no `factory run`/`encode` writes there")
+
+
+def _local_dir(text: str, command: str) -> Path:
+    """:func:`_existing_dir` for commands that need the files on disk: an object-store URI is a
+    one-line error that says how to run them."""
+    from avatar4d import storage
+
+    if storage.is_remote(text):
+        raise UserError(f"`factory {command}` " + LOCAL_ONLY.format(uri=storage.redact(text.rstrip("/"))))
+    return _existing_dir(Path(text))
+
+
 def _existing_dir(path: Path) -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such folder")
@@ -234,7 +250,7 @@ def _preview(args: argparse.Namespace) -> int:
         raise UserError(f"--per-domain must be >= 1, got {args.per_domain}")
     if args.out.suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: the contact sheet is a PNG file (name it *.png)")
-    path = preview(_existing_dir(args.dir), args.out, per_domain=args.per_domain, domains=args.domains)
+    path = preview(_existing_location(args.dir), args.out, per_domain=args.per_domain, domains=args.domains)
     print(f"wrote {path}")
     return 0
 
@@ -254,7 +270,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     from factory.verify import format_verify, verify
 
-    reports = verify(_existing_dir(args.dir))
+    reports = verify(_local_dir(args.dir, "verify"))
     if args.json:
         print(json.dumps({table: dataclasses.asdict(report) for table, report in reports.items()}, indent=2))
     else:
@@ -265,7 +281,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _repair(args: argparse.Namespace) -> int:
     from factory.verify import repair
 
-    results = repair(_existing_dir(args.dir))
+    results = repair(_local_dir(args.dir, "repair"))
     changed = False
     for table, result in results.items():
         if result.fragments_removed or result.chunks_removed or result.versions_rolled_back:

@@ -6,7 +6,8 @@ Chunks: one encoded chunk per chunk of ``pairs.lance`` (``pairs/<domain>/pairs/<
 and pick up pairs appended later. The driver pins the pairs version it planned from, so every
 worker reads the same rows. Flow of :func:`run_encode`:
 
-1. lock ``<data>/.factory/encode/run.lock`` (one encode driver per folder); check the inputs and
+1. lock ``<data>/.factory/encode/run.lock`` (one encode driver per folder; for ``s3://`` data a lock
+   in this machine's state folder, :func:`~factory.inspect.local_state_dir`); check the inputs and
    that an existing ``encoded.lance`` was made with the same VAE (else a one-line error);
 2. plan the chunks from the pinned pairs version, skip the ones ``encoded.lance`` already holds
    (its own ``chunk_id`` column is the ledger, as for the factory's tables);
@@ -17,6 +18,13 @@ worker reads the same rows. Flow of :func:`run_encode`:
    actors, deletes orphan files before and after, writes the null condition (CLIP/DINO tokens of a
    zero input) next to the dataset, and ``<data>/.factory/encode/last-run.json``.
 
+Object storage: ``data`` may be ``s3://bucket/prefix`` (the factory's ``--out``): pairs are read and
+``encoded.lance`` written through Lance's object store, the null condition is one PUT (readers see
+all of it or nothing) and the run record is copied to ``<data>/.factory/encode/last-run.json`` in the
+bucket; ``vae_checkpoint`` may be a bucket folder too (the trainer's ``…/final``), copied once per
+machine (:func:`avatar4d.storage.local_copy`). Credentials come from the AWS environment variables
+of each process (:mod:`avatar4d.storage`).
+
 The Ray helpers (session, commit batching, error handling) are :mod:`factory.pipeline`'s.
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -33,11 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lance
 import ray
 import torch
 from ray.exceptions import RayActorError
 
+from avatar4d import storage
 from avatar4d.config import Config, ConfigError
 from avatar4d.data.encoded_schema import (
     ENCODED,
@@ -46,12 +55,12 @@ from avatar4d.data.encoded_schema import (
     check_same_encoding,
     encoded_chunk_id,
     encoded_uri,
-    null_condition_path,
+    null_condition_uri,
 )
 from avatar4d.data.schema import PAIRS, dataset_uri, schema_metadata
 from avatar4d.errors import UserError
-from avatar4d.models.vae import COMPONENT as VAE_COMPONENT
-from factory.inspect import write_json
+from factory.encode_inputs import check_data_folder, check_vae_checkpoint, vae_folder, write_null_condition
+from factory.inspect import local_state_dir, write_json
 from factory.pipeline import (
     STATE_DIR,
     ChunkResult,
@@ -171,8 +180,10 @@ class EncodeWorker:
             self.node_id = ray.get_runtime_context().get_node_id()
         else:
             self.node_id = "local"
-        self.pairs = lance.dataset(dataset_uri(data, PAIRS), version=pairs_version)
-        self.stage = EncodeStage(vae_checkpoint, self.pairs.schema, config)
+        self.pairs = open_dataset(dataset_uri(data, PAIRS), version=pairs_version)
+        if self.pairs is None:
+            raise FileNotFoundError(f"{dataset_uri(data, PAIRS)}: no such dataset on this node")
+        self.stage = EncodeStage(vae_folder(vae_checkpoint), self.pairs.schema, config)
         self.encoded_uri = encoded_uri(data)
 
     def ping(self) -> str:
@@ -196,30 +207,6 @@ class EncodeWorker:
                            time.perf_counter() - start)
 
 
-def check_vae_checkpoint(path: str | Path) -> str:
-    """The weights sha256 of an avatar4d triplane-VAE checkpoint folder (one-line errors otherwise)."""
-    from avatar4d.checkpoint.io import read_checkpoint_info
-
-    if not str(path):
-        raise UserError("give the VAE checkpoint folder (--vae-checkpoint)")
-    info = read_checkpoint_info(Path(path).expanduser())
-    if info.component != VAE_COMPONENT:
-        raise UserError(f"{path} holds a {info.component!r} checkpoint, not a triplane VAE ({VAE_COMPONENT!r})")
-    return info.weights_sha256
-
-
-def check_data_folder(data: str | Path) -> Path:
-    """``data`` must be a folder holding ``pairs.lance`` (one-line errors otherwise)."""
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise UserError(f"--data {data}: no such folder")
-    if not path.is_dir():
-        raise UserError(f"--data {data} is not a folder")
-    if not (path / f"{PAIRS}.lance").is_dir():
-        raise UserError(f"--data {data} holds no pairs.lance (run `avatar4d factory run --out {data}` first)")
-    return path
-
-
 def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bool = False,
                num_cpus: int | None = None, progress: bool = True,
                on_commit: Callable[[CommitEvent], None] | None = None) -> EncodeSummary:
@@ -234,7 +221,7 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
     address = None if local else resolve_address(address)
     on_this_machine = local or address is None
     vae_sha = check_vae_checkpoint(config.vae_checkpoint) if on_this_machine else None
-    state = data / STATE_DIR / ENCODE_STATE
+    state = local_state_dir(data) / ENCODE_STATE  # <data>/.factory/encode, or this machine's for s3://
     state.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
@@ -251,7 +238,7 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
         done = _committed(existing)
         summary = EncodeSummary(data=str(data), ray_address="", pairs_version=pairs.version,
                                 planned_chunks=len(chunks))
-        if not [c for c in chunks if c.chunk_id not in done] and null_condition_path(data).is_file():
+        if not [c for c in chunks if c.chunk_id not in done] and storage.exists(null_condition_uri(data)):
             summary.skipped_chunks = len(chunks)
             return _finish(summary, state, started)
         if local:
@@ -268,7 +255,7 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
         committer = _open_committer(data, schema)
         summary.vae_sha256, summary.encoder_sha256 = (schema_metadata(schema)[META_VAE_SHA256],
                                                       schema_metadata(schema)[META_ENCODER_SHA256])
-        _write_null_condition(data, described[0]["null_condition"], summary.encoder_sha256)
+        write_null_condition(data, described[0]["null_condition"], summary.encoder_sha256)
         summary.orphans_removed += committer.cleanup_orphans()
         done = committer.committed_chunks()
         pending = [c for c in chunks if c.chunk_id not in done]
@@ -297,29 +284,13 @@ def _check_existing_vae(dataset: Any, vae_sha: str) -> None:
                         f"{vae_sha[:12]}…); delete it to re-encode with this VAE")
 
 
-def _open_committer(data: Path, schema: Any) -> Any:
+def _open_committer(data: str | Path, schema: Any) -> Any:
     uri = encoded_uri(str(data))
     committer = LanceCommitter(uri, schema)  # column layout: check_compatible (one-line SchemaMismatchError)
     existing = open_dataset(uri)
     if existing is not None:
         check_same_encoding(stored_schema(existing), schema)
     return committer
-
-
-def _write_null_condition(data: Path, tensors: dict[str, Any], encoder_sha: str) -> None:
-    """``<data>/encoded_null_condition.safetensors`` (rewritten only when the encoders changed)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    path = null_condition_path(data)
-    if path.is_file():
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("encoder_sha256") == encoder_sha:
-                return
-    temporary = path.with_suffix(".tmp")
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(temporary),
-              metadata={"encoder_sha256": encoder_sha, "table": ENCODED})
-    os.replace(temporary, path)
 
 
 def _start_actors(config: EncodeRunConfig, data: str,
@@ -401,4 +372,7 @@ def _finish(summary: EncodeSummary, state: Path, started: float) -> EncodeSummar
     summary.rows_total = 0 if dataset is None else dataset.count_rows()
     summary.seconds = time.perf_counter() - started
     write_json(state / "last-run.json", summary.to_dict())
+    if storage.is_remote(summary.data):  # next to the data, where `factory status` users look
+        storage.write_text(storage.join(summary.data, STATE_DIR, ENCODE_STATE, "last-run.json"),
+                           json.dumps(summary.to_dict(), indent=2, sort_keys=True))
     return summary

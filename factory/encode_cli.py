@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from avatar4d import storage
 from avatar4d.errors import UserError
 
 DESCRIPTION = (
@@ -24,11 +25,13 @@ def register_encode(commands: argparse._SubParsersAction) -> None:
     """Add the ``encode`` sub-command to the ``avatar4d factory`` sub-parsers."""
     encode = commands.add_parser("encode", help="CLIP/DINO tokens and VAE latents of every pair → encoded.lance",
                                  description=DESCRIPTION)
-    encode.add_argument("--data", type=Path, default=Path("data"),
-                        help="the factory output folder holding pairs.lance (default: ./data)")
-    encode.add_argument("--vae-checkpoint", type=Path, required=True,
+    encode.add_argument("--data", default="data",
+                        help="the factory output folder holding pairs.lance (default: ./data), or the factory's "
+                             "s3://bucket/prefix (credentials and endpoint from AWS_ACCESS_KEY_ID, "
+                             "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, AWS_REGION)")
+    encode.add_argument("--vae-checkpoint", required=True,
                         help="avatar4d triplane-VAE checkpoint folder (from `avatar4d train vae` or "
-                             "`avatar4d convert avatarartist`)")
+                             "`avatar4d convert avatarartist`), local or s3://… (e.g. the trainer's …/final)")
     encode.add_argument("--encoders", choices=["tiny", "paper"], default="tiny",
                         help="tiny (default): small random CLIP/DINO; paper: ViT-H/14 CLIP + DINOv2-base "
                              "from the local checkpoints below")
@@ -56,7 +59,8 @@ def register_encode(commands: argparse._SubParsersAction) -> None:
 
 def build_encode_config(args: argparse.Namespace):  # -> EncodeRunConfig (imported lazily)
     """Check the paths (one-line errors) and build the run config from the arguments."""
-    from factory.encode import EncodeRunConfig, check_data_folder, check_vae_checkpoint
+    from factory.encode import EncodeRunConfig
+    from factory.encode_inputs import check_data_folder, check_vae_checkpoint
     from factory.stages.encode import EncodeConfig
     from factory.stages.encoders import ENCODER_PRESETS
 
@@ -71,7 +75,7 @@ def build_encode_config(args: argparse.Namespace):  # -> EncodeRunConfig (import
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     check_data_folder(args.data)
-    if not args.vae_checkpoint.exists():
+    if not storage.is_remote(args.vae_checkpoint) and not Path(args.vae_checkpoint).exists():
         raise UserError(f"--vae-checkpoint {args.vae_checkpoint}: no such folder")
     check_vae_checkpoint(args.vae_checkpoint)
     encoders = ENCODER_PRESETS.get(args.encoders)

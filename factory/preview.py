@@ -76,7 +76,7 @@ def _read(uri: str, domain: str, limit: int, columns: list[str]) -> tuple[dict[s
     return (table.to_pydict(), dataset.schema) if table.num_rows else None
 
 
-def _pairs_block(out: Path, domains: list[str], per_domain: int) -> np.ndarray | None:
+def _pairs_block(out: str | Path, domains: list[str], per_domain: int) -> np.ndarray | None:
     from avatar4d.data.codec import decode_png, decode_tensor
     from avatar4d.data.schema import tensor_spec
     from avatar4d.viz import labelled_grid
@@ -103,7 +103,7 @@ def _pairs_block(out: Path, domains: list[str], per_domain: int) -> np.ndarray |
                          min_cell=PREVIEW_CELL, title="pairs: image and parametric triplane (first 3 channels)")
 
 
-def _multiview_block(out: Path, domains: list[str]) -> np.ndarray | None:
+def _multiview_block(out: str | Path, domains: list[str]) -> np.ndarray | None:
     from avatar4d.data.codec import decode_png, decode_tensor
     from avatar4d.data.schema import tensor_spec
     from avatar4d.viz import labelled_grid
@@ -141,9 +141,10 @@ def preview(out: str | Path, out_png: str | Path, *, per_domain: int = 4, domain
     unwritable paths."""
     from PIL import Image
 
+    from avatar4d import storage
     from factory.inspect import status
 
-    out = Path(out)
+    out = out if storage.is_remote(out) else Path(out)  # a local folder or s3://bucket/prefix
     known = status(out)["tables"]
     present = sorted({key.split("/")[0] for table, info in known.items() if table in (PAIRS, MULTIVIEW)
                       for key in info["rows_by_domain"]})

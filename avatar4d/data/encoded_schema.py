@@ -54,6 +54,15 @@ def null_condition_path(data: str | Path) -> Path:
     return Path(data) / NULL_CONDITION_FILE
 
 
+def null_condition_uri(data: str | Path) -> str:
+    """:func:`null_condition_path` as a string that also works for an object-store ``data``
+    (``s3://bucket/prefix/encoded_null_condition.safetensors``); read and write it with
+    :mod:`avatar4d.storage`."""
+    from avatar4d.storage import join
+
+    return join(data, NULL_CONDITION_FILE)
+
+
 def encoded_chunk_id(source_chunk_id: str) -> str:
     """The encoded chunk of a pairs chunk: ``pairs/<domain>/pairs/<index>`` → ``encoded/<domain>/pairs/<index>``."""
     table, _, rest = source_chunk_id.partition("/")

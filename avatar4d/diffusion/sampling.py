@@ -240,16 +240,19 @@ def null_clip_tokens(null_clip: str, data: str | Path | None) -> torch.Tensor | 
     is a one-line :class:`~avatar4d.errors.UserError`: no fallback to some other null condition."""
     if null_clip != "zero_image":
         return None
-    path = None if data is None else Path(data) / NULL_CONDITION_FILE
-    if path is None or not path.is_file():
+    from avatar4d.storage import join, read_bytes
+
+    path = None if data is None else join(data, NULL_CONDITION_FILE)  # a local folder or s3://
+    raw = None if path is None else read_bytes(path)
+    if raw is None:
         from avatar4d.errors import UserError
 
         raise UserError(f"{path or NULL_CONDITION_FILE} not found: the DiT's null condition (null_clip='zero_image', "
                         "as released) is the CLIP embedding of an all-zero image, which `avatar4d factory encode` "
                         "writes there; re-run the encode, or set model.null_clip to 'learned' or 'zeros'")
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    tokens = load_file(str(path))["clip_tokens"].float()
+    tokens = load(raw)["clip_tokens"].float()
     return tokens if tokens.ndim == 3 else tokens[None]  # [1, Tc, Dc]
 
 

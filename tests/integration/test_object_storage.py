@@ -49,13 +49,13 @@ def _rows(uri: str, column: str) -> list:
         column).to_pylist()
 
 
-def _assert_no_orphans(server, prefix: str) -> None:
+def _assert_no_orphans(server, prefix: str, tables: tuple[str, ...] = ("pairs", "multiview")) -> None:
     """Every data object in the bucket is referenced by the dataset's latest version."""
     import lance
 
     from avatar4d.storage import storage_options
 
-    for table in ("pairs", "multiview"):
+    for table in tables:
         uri = f"s3://{BUCKET}/{prefix}/{table}.lance"
         dataset = lance.dataset(uri, storage_options=storage_options(uri))
         referenced = {f.path for fragment in dataset.get_fragments() for f in fragment.data_files()}
@@ -191,3 +191,102 @@ def test_factory_on_s3_resumes_after_driver_kill(s3_env, tmp_path, subprocess_en
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert f"pairs: {total} rows" in shown.stdout
     _assert_secret_absent(s3_env, [first_stderr, rerun.stdout, rerun.stderr, shown.stdout, shown.stderr], prefix)
+
+
+@pytest.fixture()
+def s3_pairs(s3_env):
+    """``s3://avatar4d/encode/pairs.lance`` (2 domains × 4 pairs, chunks of 2, written by the
+    synthesize stage and the exactly-once sink straight into the bucket, no Ray) and a tiny VAE
+    checkpoint in the bucket (``checkpoint.json`` uploaded last, as the trainer does)."""
+    import tempfile
+
+    import torch
+
+    from avatar4d import storage
+    from avatar4d.models.vae import VAE_PRESETS, TriplaneVAE, save_vae
+    from factory.chunks import plan_chunks
+    from factory.domains import load_domains
+    from factory.generators import ensure_domain_generator
+    from factory.sink import LanceCommitter, write_fragments
+    from factory.stages import SynthesizeConfig, SynthesizeStage
+
+    data = f"s3://{BUCKET}/encode"
+    with tempfile.TemporaryDirectory(prefix="cluster2-encode-") as local:
+        catalog = load_domains()
+        stages = {d: SynthesizeStage(d, ensure_domain_generator(catalog.get(d), f"{data}/generators"),
+                                     SynthesizeConfig(batch_size=2)) for d in DOMAINS}
+        committer = None
+        for chunk in plan_chunks(domains=DOMAINS, samples_per_domain=4, multiview_identities=0, chunk_size=2,
+                                 multiview_chunk_size=1, run_seed=5):
+            stage = stages[chunk.domain]
+            committer = committer or LanceCommitter(f"{data}/pairs.lance", stage.schema)
+            committer.commit([chunk.chunk_id], write_fragments(f"{data}/pairs.lance", stage(chunk), stage.schema))
+        torch.manual_seed(0)
+        save_vae(f"{local}/vae", TriplaneVAE(VAE_PRESETS.get("tiny")))
+        storage.upload_dir(f"{local}/vae", f"s3://{BUCKET}/runs/vae/final", last="checkpoint.json")
+    return data, f"s3://{BUCKET}/runs/vae/final"
+
+
+def test_encode_on_s3_is_exactly_once_and_resumes(s3_pairs, s3_env, tmp_path, monkeypatch, capsys):
+    """`factory encode --data s3://…` (pairs read from the bucket, encoded.lance and the null condition
+    written there, the VAE checkpoint copied from the bucket): a Ray run that dies after its first
+    commit, a stray uncommitted fragment, then the CLI resumes to exactly one row per pair; a rerun
+    commits nothing; the DiT readers read the table and the null condition from the bucket;
+    `factory preview` works on the bucket and `verify`/`repair` say in one line how to run them."""
+    from avatar4d.cli import main
+    from avatar4d.data.encoded_reader import EncodedShardReader, load_null_condition, null_condition_encoder_sha256
+    from avatar4d.data.encoded_schema import META_ENCODER_SHA256
+    from avatar4d.data.schema import schema_metadata
+    from factory.encode import EncodeRunConfig, run_encode
+    from factory.sink import write_fragments
+    from factory.stages.encode import EncodeConfig
+
+    monkeypatch.chdir(tmp_path)  # a URI mistaken for a path would show up as ./s3:/…
+    data, vae = s3_pairs
+    encoded = f"{data}/encoded.lance"
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(event):
+        raise Crash(event.chunk_ids)
+
+    config = EncodeRunConfig(data=data, vae_checkpoint=vae, encode=EncodeConfig(batch_size=2, num_threads=1),
+                             num_cpus_per_actor=1.0)
+    with pytest.raises(Crash):
+        run_encode(config, num_cpus=1, progress=False, on_commit=crash)
+    assert len(_rows(encoded, "sample_id")) == 2
+    stray = _dataset(encoded)  # a worker that wrote its fragment and died before the commit
+    write_fragments(encoded, stray.to_table().slice(0, 1), stray.schema)
+
+    command = ["factory", "encode", "--data", data, "--vae-checkpoint", vae, "--local", "--batch-size", "2",
+               "--no-progress"]
+    assert main(command) == 0
+    resumed = capsys.readouterr()
+    assert "3 chunks committed (1 already done), 8 encoded rows" in resumed.out, resumed
+    assert "1 orphan files removed" in resumed.out
+    ids = _rows(encoded, "sample_id")
+    assert sorted(ids) == sorted(_rows(f"{data}/pairs.lance", "sample_id")) and len(set(ids)) == 8
+    _assert_no_orphans(s3_env, "encode", tables=("pairs", "encoded"))
+
+    assert main(command) == 0  # exactly once: nothing left, nothing committed
+    rerun = capsys.readouterr()
+    assert "0 chunks committed (4 already done), 8 encoded rows" in rerun.out, rerun
+    record = json.loads(s3_env.client().get_object(Bucket=BUCKET, Key="encode/.factory/encode/last-run.json")
+                        ["Body"].read())
+    assert (record["committed_chunks"], record["skipped_chunks"], record["rows_total"]) == (0, 4, 8)
+
+    batch = next(iter(EncodedShardReader(encoded, batch_size=8)))
+    null = load_null_condition(data)  # read from the bucket
+    assert batch["latent"].shape[0] == 8 and null["clip_tokens"].shape == batch["clip_tokens"].shape[1:]
+    assert null_condition_encoder_sha256(data) == schema_metadata(_dataset(encoded).schema)[META_ENCODER_SHA256]
+    assert "encode/encoded_null_condition.safetensors" in s3_env.keys(BUCKET, "encode")
+
+    assert main(["factory", "preview", data, "--out", str(tmp_path / "sheet.png")]) == 0
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    for command_name in ("verify", "repair"):
+        assert main(["factory", command_name, data]) != 0
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and "works on a local folder" in error and "aws s3 sync" in error, error
+    assert not (tmp_path / "s3:").exists()
+    _assert_secret_absent(s3_env, [resumed.out, resumed.err, rerun.out, rerun.err], "encode")
