@@ -44,6 +44,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 a moment ago (all sockets held open while
+    picking, so the OS cannot hand the same port out twice, as back-to-back :func:`free_port` calls can)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def _ray_executable() -> str:
     beside_python = Path(sys.executable).with_name("ray")
     found = str(beside_python) if beside_python.exists() else shutil.which("ray")
@@ -89,10 +102,10 @@ class LocalRayCluster:
             self.temp_dir = Path(tempfile.mkdtemp(prefix="a4d-ray-"))
             self._own_temp_dir = True
         self._ensure_token()
-        port = free_port()
+        port, client_port = free_ports(2)
         try:
             self._start_node("head", ["--head", f"--port={port}", "--include-dashboard=false",
-                                      f"--ray-client-server-port={free_port()}"])
+                                      f"--ray-client-server-port={client_port}"])
             self.address = self._head_address(port)
             self._wait_for_nodes(1)
             for index in range(self.worker_nodes):
@@ -108,13 +121,14 @@ class LocalRayCluster:
     def _start_node(self, role: str, role_args: list[str]) -> None:
         assert self.temp_dir is not None
         log_path = self.temp_dir / f"{role}.log"
+        node, objects, metrics, runtime_env, agent, agent_grpc = free_ports(6)
         command = [
             _ray_executable(), "start", "--block", *role_args,
             f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
             f"--object-store-memory={self.object_store_bytes}",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--node-manager-port={node}", f"--object-manager-port={objects}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
             "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats",
         ]
         if role == "head":
@@ -188,13 +202,14 @@ class LocalRayCluster:
 
     def pids(self) -> set[int]:
         """Process ids of every live process of this cluster: the members of the node process groups
-        (GCS, raylets, agents) and the workers, which lead their own groups but name this cluster's
-        unique temp dir on their command line."""
+        (GCS, raylets, agents), the descendants of the node processes (workers lead their own groups
+        and rename themselves ``ray::…``), and processes naming this cluster's unique temp dir on
+        their command line (workers whose raylet already died)."""
         import psutil
 
         groups = {node.pgid for node in self.nodes}
         marker = str(self.temp_dir) if self.temp_dir is not None else None
-        found = set()
+        found = {pid for processes in self.node_processes().values() for pid in processes}
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 ours = marker is not None and any(marker in arg for arg in proc.info["cmdline"] or ())
@@ -204,6 +219,20 @@ class LocalRayCluster:
                 continue
         found.discard(os.getpid())
         return found
+
+    def node_processes(self) -> dict[str, set[int]]:
+        """Node role → the live process ids under its ``ray start`` process (GCS, raylet, agents, and
+        the workers and actors the raylet started)."""
+        import psutil
+
+        tree = {}
+        for node in self.nodes:
+            try:
+                root = psutil.Process(node.process.pid)
+                tree[node.role] = {root.pid, *(child.pid for child in root.children(recursive=True))}
+            except psutil.Error:
+                tree[node.role] = set()
+        return tree
 
     def remove_node(self, role: str) -> None:
         """Kill one worker node abruptly (SIGKILL to its process group, as when a machine is lost);
