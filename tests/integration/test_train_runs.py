@@ -96,7 +96,10 @@ def test_vae_two_workers_overfit_and_are_tracked(data, tmp_path):
     shards = {p.name for p in (run_dir / "checkpoint_00000040" / "deepspeed").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= shards
     vae, info = load_vae(run_dir / "final")
-    assert info.step == 40 and vae.config == config.model
+    # the saved VAE carries its own latent scale (1 / std of its latents), not the release's
+    assert info.step == 40 and vae.config == config.model.replace(latent_scale_factor=vae.config.latent_scale_factor)
+    assert vae.config.latent_scale_factor != config.model.latent_scale_factor
+    assert "estimated" in info.metadata["latent_scale"]
 
 
 def test_dit_two_workers_overfit_are_tracked_and_resume_by_name(data, tmp_path, subprocess_env):
