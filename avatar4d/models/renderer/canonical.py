@@ -104,6 +104,9 @@ class TriplaneDecoder(nn.Module):
         self.conv_last = nn.Conv2d(h3, planes, 3, 1, 1)
         self.convs3 = conv_stack([2 * planes, h1, h2, h3], last_activation=True)
         self.conv_last_2 = nn.Conv2d(h3, planes, 3, 1, 1)
+        if cfg.residual_fusion:  # the output is a residual over the parametric planes: start it at zero
+            nn.init.zeros_(self.conv_last_2.weight)
+            nn.init.zeros_(self.conv_last_2.bias)
 
     def forward(self, canonical: Tensor, detail: Tensor, parametric: Tensor) -> Tensor:
         # canonical: [B, K, R, R], detail: [B, D, R, R], parametric: [B, 3C, R, R] -> planes [B, 3C, R, R]

@@ -15,6 +15,7 @@ from avatar4d.models.stylegan2 import BACKBONE_PRESETS, StyleGAN2BackboneConfig
 from avatar4d.models.superresolution import SUPERRESOLUTION_PRESETS, SuperResolutionConfig
 from avatar4d.rendering.parametric import FACE_BOX_256
 from avatar4d.rendering.renderer import RENDERING_PRESETS, RenderingConfig
+from avatar4d.world.config import WORLD_PRESETS
 
 
 @dataclasses.dataclass
@@ -71,6 +72,11 @@ class RendererConfig(Config):
     face_box: tuple[int, int, int, int] = FACE_BOX_256
     mouth_hole_top_rows: int = 87
     rasterizer_backend: str = "auto"
+    # True: the refined planes are the un-refined parametric triplane (plain composition through the target
+    # mesh, as the world renders it) PLUS the decoder's output, whose last convolution starts at zero, so an
+    # untrained renderer renders the un-refined baseline and training only adds to it. An init and one add,
+    # no new parameter. False (``paper``): the release's fusion (its conv_last_2 outputs the planes).
+    residual_fusion: bool = False
 
     def __post_init__(self) -> None:
         c, r = self.plane_channels, self.plane_resolution
@@ -131,5 +137,6 @@ def _tiny() -> RendererConfig:
         decoder_in_hidden=(16, 16), decoder_embed_dim=32, decoder_heads=2, decoder_hidden=(16, 16, 16),
         face_backbone=BACKBONE_PRESETS.get("tiny", img_channels=channels),
         superresolution=SUPERRESOLUTION_PRESETS.get("tiny", in_channels=channels),
-        rendering=RENDERING_PRESETS.get("paper", depth_resolution=16, depth_resolution_importance=0),
-        osg_hidden=16, neural_resolution=16)
+        # the procedural world's rendering (its multiview sets are the tiny recipe's data and ground truth)
+        rendering=WORLD_PRESETS.get("tiny").rendering.replace(depth_resolution_importance=0),
+        osg_hidden=16, neural_resolution=16, residual_fusion=True)

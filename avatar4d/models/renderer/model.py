@@ -27,7 +27,8 @@ Data flow (paper sizes: R = 256, C = 32, S = 512, N = 128):
    ``encoder_global_latent_tri`` (3-D convs over (plane, H, W)) reads the parametric triplane.
 3. ``encoder_canonical`` (ViT with the parametric features in its tokens; source motion then driving
    motion by cross-attention) and ``generator_triplane`` give the refined planes [B, 3C, R, R], fused
-   with the parametric triplane in its last convolutions.
+   with the parametric triplane in its last convolutions (``residual_fusion``, tiny: their output is added
+   to the plainly composed parametric triplane through a zero-initialised last convolution).
 4. Volume rendering (``decoder`` OSG MLP, 48 + 48 samples) and ``superresolution`` (StyleGAN-modulated,
    w = the face backbone's average w).
 
@@ -54,7 +55,7 @@ from avatar4d.models.superresolution import SuperresolutionHybrid8XDC
 from avatar4d.models.vae.config import TriplaneVAEConfig
 from avatar4d.models.vae.encoder import TriplaneEncoder
 from avatar4d.rendering.decoder import OSGDecoder
-from avatar4d.rendering.parametric import FaceBox, blend_into_frontal_plane, fill_holes, resize
+from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, fill_holes, resize
 from avatar4d.rendering.renderer import TriplaneRenderer
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,11 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         self.face_backbone = StyleGAN2Backbone(fb)
         self.triplnae_encoder = PlaneFeatureEncoder(c, r, fb.pyramid_start, fb.channel_base, fb.channel_max)
         self.renderer = TriplaneRenderer(cfg.rendering)
+        if cfg.residual_fusion:  # super-resolution starts as its bilinear skip path (torgb adds zero)
+            with torch.no_grad():
+                for name, parameter in self.superresolution.named_parameters():
+                    if ".torgb." in f".{name}" and not name.split(".torgb.")[-1].startswith("affine"):
+                        parameter.zero_()
         self.face_box = FaceBox(*cfg.face_box, resolution=256).scaled(r)
         self.mesh_conditioner = MeshConditioner(head or default_head_model(), self.face_box, cfg.rendering.box_warp,
                                                 cfg.rasterizer_backend)
@@ -141,8 +147,10 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         return blend_into_frontal_plane(static.to(dtype), face, full_alpha, self.face_box)  # [B, 3, C, R, R]
 
     def refine(self, source_image: Tensor, planes: Tensor, motion: Tensor, source_motion: Tensor | None,
-               motion_scale: float = 1.0) -> Tensor:
-        """Source image + target-expression parametric planes [B, 3, C, R, R] + motions → refined planes."""
+               motion_scale: float = 1.0, base: Tensor | None = None) -> Tensor:
+        """Source image + target-expression parametric planes [B, 3, C, R, R] + motions → refined planes.
+        ``base`` [B, 3, C, R, R]: with ``residual_fusion`` the planes the decoder's output is added to
+        (:meth:`composed_planes`; None: ``planes``)."""
         cfg = self.config
         b, c, r = planes.shape[0], cfg.plane_channels, cfg.plane_resolution
         if source_image.ndim != 4 or source_image.shape[1] != 3 or source_image.shape[0] != b:
@@ -160,15 +168,27 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         canonical = self.encoder_canonical(features_global, tri, motion.to(planes.dtype),
                                            source_motion.to(planes.dtype), motion_scale)  # [B, K, R, R]
         refined = self.generator_triplane(canonical, features_detail, planes.reshape(b, 3 * c, r, r))
-        return refined.view(b, 3, c, r, r)
+        refined = refined.view(b, 3, c, r, r)  # [B, 3, C, R, R]
+        if cfg.residual_fusion:
+            refined = refined + (planes if base is None else base.to(refined.dtype))
+        return refined
+
+    def composed_planes(self, parametric_triplane: Tensor, raster: tuple[Tensor, Tensor]) -> Tensor:
+        """The un-refined rendering's planes: the parametric triplane [B, 4, C, R, R] composed through the
+        target mesh's rasterization without the face backbone, as the world renders it → [B, 3, C, R, R]."""
+        uv_grid, face_mask = raster
+        triplane = ParametricTriplane.from_stacked(parametric_triplane.float())
+        return triplane.compose(uv_grid, face_mask, self.face_box)
 
     def forward(self, source_image: Tensor, parametric_triplane: Tensor, motion: Tensor,
                 target_mesh: Tensor | tuple[Tensor, Tensor], camera: Camera | Tensor, *,
                 source_motion: Tensor | None = None, neural_resolution: int | None = None,
                 motion_scale: float = 1.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """See the module docstring for shapes; returns image, image_raw, depth, opacity, features, planes."""
-        planes = self.parametric_planes(parametric_triplane, target_mesh)  # [B, 3, C, R, R]
-        refined = self.refine(source_image, planes, motion, source_motion, motion_scale)
+        raster = target_mesh if isinstance(target_mesh, tuple) else self.rasterize(target_mesh)
+        planes = self.parametric_planes(parametric_triplane, raster)  # [B, 3, C, R, R]
+        base = self.composed_planes(parametric_triplane, raster) if self.config.residual_fusion else None
+        refined = self.refine(source_image, planes, motion, source_motion, motion_scale, base=base)
         return self.render(refined, camera, neural_resolution=neural_resolution, generator=generator)
 
     def render(self, planes: Tensor, camera: Camera | Tensor, *, neural_resolution: int | None = None,

@@ -29,6 +29,7 @@ def test_paper_preset_has_every_name_and_shape_of_the_release():
     release = {name: shape for name, shape in manifest["tensors"] if name not in aliases}
     assert ours == release
     assert sum(p.numel() for p in model.parameters()) == manifest["num_params"] == 266_615_896
+    assert not model.config.residual_fusion  # the release's fusion: its conv_last_2 outputs the planes
     by_module = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     for name, count in manifest["num_params_by_top_level_module"].items():
         assert by_module[name] == count, name
@@ -48,8 +49,12 @@ def test_tiny_forward_gives_every_output_and_the_motion_changes_the_face(tiny, t
     triplane = torch.randn(2, 4, 8, 64, 64) * 0.3
     vertices = head.vertices(head.random_params(2, generator=torch.Generator().manual_seed(0))).float()
     camera = orbit_camera(torch.tensor([0.0, 0.3]), torch.tensor([0.0, 0.1]))
+    planes = renderer(source, triplane, torch.randn(2, 32), vertices, camera.to_label())["planes"]
+    base = renderer.composed_planes(triplane, renderer.rasterize(vertices))
+    assert torch.equal(planes, base)  # residual fusion from zero: untrained, it renders the un-refined planes
     for block in renderer.encoder_canonical.trans_blocks_motion:  # the release starts them at zero
         torch.nn.init.normal_(block.attn2.proj.weight, std=0.5)
+    torch.nn.init.normal_(renderer.generator_triplane.conv_last_2.weight, std=0.1)  # as training would move it
     motion = torch.randn(2, 32)
     out = renderer(source, triplane, motion, vertices, camera.to_label(), source_motion=torch.zeros(2, 32))
     shapes = {key: tuple(value.shape) for key, value in out.items()}

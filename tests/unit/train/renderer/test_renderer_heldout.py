@@ -47,5 +47,8 @@ def test_scores_and_leakage_of_an_untrained_renderer_are_measured(held):
     model = task.build_model().eval()
     score = scorer.score(model)
     leakage = scorer.identity_leakage(model)
-    assert 0 < score < scorer.baselines(model)["parametric"]  # random weights do not reenact
+    parametric = scorer.baselines(model)["parametric"]
+    # residual fusion from zero: untrained, it renders the un-refined parametric triplane (up to the
+    # world's importance samples and its bilinear "super-resolution", which the tiny renderer lacks)
+    assert parametric - 2.0 < score < parametric + 0.5, (score, parametric)
     assert leakage.psnr_to_truth > 0 and leakage.psnr_to_driver > 0 and leakage.expression_change >= 0
