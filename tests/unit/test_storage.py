@@ -124,3 +124,29 @@ def test_the_module_imports_no_pyarrow():
     code = "import sys, avatar4d.storage; print('pyarrow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_bytes_round_trip_and_null_condition_from_a_folder(tmp_path):
+    """read_bytes/write_bytes on a local path (no pyarrow needed there); the DiT's readers load the
+    null condition and its encoder hash through them, the same code path as for s3://."""
+    import torch
+    from safetensors.torch import save
+
+    from avatar4d.data.encoded_reader import load_null_condition, null_condition_encoder_sha256
+    from avatar4d.diffusion.sampling import null_clip_tokens
+    from avatar4d.storage import read_bytes, write_bytes
+
+    assert read_bytes(tmp_path / "absent") is None
+    write_bytes(tmp_path / "sub" / "file.bin", b"\x00\x01abc")
+    assert read_bytes(tmp_path / "sub" / "file.bin") == b"\x00\x01abc"
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["file.bin"]  # no temporary left behind
+
+    clip, dino = torch.randn(4, 8), torch.randn(5, 6)
+    write_bytes(tmp_path / "encoded_null_condition.safetensors",
+                save({"clip_tokens": clip, "dino_tokens": dino}, metadata={"encoder_sha256": "abc123"}))
+    loaded = load_null_condition(tmp_path)
+    assert torch.equal(loaded["clip_tokens"], clip) and torch.equal(loaded["dino_tokens"], dino)
+    assert null_condition_encoder_sha256(tmp_path) == "abc123"
+    assert torch.equal(null_clip_tokens("zero_image", str(tmp_path)), clip[None])
+    with pytest.raises(FileNotFoundError, match="run `avatar4d factory encode` first"):
+        load_null_condition(tmp_path / "elsewhere")
