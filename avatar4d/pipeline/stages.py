@@ -104,12 +104,23 @@ class TriplaneSampler:
         self.diffusion = (DiffusionConfig.from_dict(trained["diffusion"]) if "diffusion" in trained
                           else DiffusionConfig())
         self.hashes = {"dit": dit_info.weights_sha256, "vae": vae_info.weights_sha256}
+        self.null_clip = self._zero_image_tokens(checkpoints) if self.dit.config.null_clip == "zero_image" else None
         vae = self.vae.config
         self.latent_shape = (vae.embed_dim, vae.num_planes * vae.latent_resolution, vae.latent_resolution)
         dit_shape = (self.dit.config.in_channels, *self.dit.config.input_size)
         if tuple(dit_shape) != self.latent_shape:
             raise UserError(f"the DiT ({checkpoints.dit}) denoises latents {list(dit_shape)}, the VAE "
                             f"({checkpoints.vae}) makes {list(self.latent_shape)}: they were not trained together")
+
+    def _zero_image_tokens(self, checkpoints: PipelineCheckpoints) -> Tensor:
+        """CLIP tokens [1, Tc, Dc] of an all-zero image: the released DiT's unconditional input. Computed once
+        here (the encoders are loaded for it and dropped) so every caller of :meth:`sample` guides alike."""
+        from avatar4d.encoders import ImageEncoders
+
+        encoders = ImageEncoders(checkpoints.encoders).to(self.device).eval()
+        with torch.no_grad():
+            clip, _ = encoders.null_condition()
+        return clip[None].float()
 
     def noise(self, seeds: Sequence[int]) -> Tensor:
         """Unit Gaussian noise [B, C, H, W], one seeded draw per request (batching never changes an avatar)."""
@@ -122,7 +133,7 @@ class TriplaneSampler:
         with autocast(self.config, self.device):
             latents = sample_latents(self.dit, clip.float().to(self.device), dino.float().to(self.device),
                                      (len(seeds), *self.latent_shape), sampling=self.sampling,
-                                     diffusion=self.diffusion, device=self.device,
+                                     diffusion=self.diffusion, device=self.device, null_clip=self.null_clip,
                                      noise=self.noise(seeds))  # [B, C, F·h, w]
             z = unscale_latent(from_dit_tokens(latents, self.vae.config.num_planes),
                                self.vae.config.latent_scale_factor)  # [B, C, F, h, w]

@@ -110,3 +110,24 @@ def test_create_and_animate_commands(checkpoints, tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("avatar4d: error:") and message in err[-1], (argv, err)
+
+
+def test_a_release_style_dit_is_guided_by_the_clip_tokens_of_a_zero_image(tmp_path):
+    """A DiT whose unconditional input is the CLIP embedding of an all-zero image (``null_clip="zero_image"``, as
+    released) samples in the pipeline with exactly those tokens: the encoders' ``null_condition()``."""
+    from avatar4d.diffusion import SamplingConfig
+    from avatar4d.encoders import ImageEncoders
+    from avatar4d.models.dit import DIT_PRESETS, ImageConditionedDiT, save_dit
+    from avatar4d.pipeline.checkpoints import resolve_checkpoints
+    from avatar4d.pipeline.stages import TriplaneSampler
+
+    root = make_checkpoints(tmp_path / "ckpt")
+    torch.manual_seed(0)
+    save_dit(root / "dit", ImageConditionedDiT(DIT_PRESETS.get("tiny", null_clip="zero_image")))
+    found = resolve_checkpoints(root)
+    sampler = TriplaneSampler(found, PipelineConfig(track=False, sampling=SamplingConfig(steps=2, guidance_scale=3.0)))
+    expected, null_dino = ImageEncoders(found.encoders).eval().null_condition()
+    torch.testing.assert_close(sampler.null_clip[0], expected)
+    clip, dino = torch.randn(1, *expected.shape), torch.randn(1, *null_dino.shape)
+    triplane = sampler.sample(clip, dino, [0])
+    assert triplane.shape == (1, 4, 8, 64, 64) and torch.isfinite(triplane).all()
