@@ -7,6 +7,8 @@ stored weights are exactly what the config implies (a hand-edited config is refu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,14 @@ def load_world(directory: str | Path, *, head: MorphableModel | None = None,
     generator = ProceduralWorldGenerator(WorldConfig.from_dict(info.config), head=head)
     expected = {name: tensor.clone() for name, tensor in generator.state_dict().items()}
     load_state_dict_strict(generator, state, what=f"world generator {directory}")
+    # The digest hashes the config's JSON as it was saved. The config gains fields with defaults as the world
+    # grows, so the check is against the stored JSON (a hand edit changes it), not a re-serialised config.
+    stored_text = json.dumps(info.config, indent=2, sort_keys=True)
+    if not torch.equal(state["config_digest"], torch.tensor(list(hashlib.sha256(stored_text.encode()).digest()),
+                                                            dtype=torch.uint8)):
+        raise CheckpointError(f"{directory}: config.json does not match its weights (config.json edited by hand?)")
     for name, tensor in expected.items():
-        if not torch.equal(tensor, state[name]):
+        if name != "config_digest" and not torch.equal(tensor, state[name]):
             raise CheckpointError(f"{directory}: {name} does not match the checkpoint's config "
                                   "(config.json edited by hand?)")
     return generator.to(device), info

@@ -170,6 +170,32 @@ def test_same_latent_same_head_and_checkpoint_round_trip(head, tmp_path):
     assert other.weights_sha256 != info.weights_sha256, "the style is part of the checkpoint's hash"
 
 
+def test_checkpoints_written_before_a_new_config_field_still_load_and_edited_configs_do_not(head, tmp_path):
+    import hashlib
+    import json
+
+    from avatar4d.checkpoint.io import CheckpointError, save_checkpoint
+    from avatar4d.world.checkpoint import COMPONENT
+
+    # a checkpoint written when the world config had no `truncation_cutoff` yet: its JSON and digest lack it
+    generator = world(head, "pixar")
+    older = generator.config.to_dict()
+    del older["truncation_cutoff"]
+    digest = hashlib.sha256(json.dumps(older, indent=2, sort_keys=True).encode()).digest()
+    generator.config_digest.copy_(torch.tensor(list(digest), dtype=torch.uint8))
+    save_checkpoint(tmp_path / "older", generator.state_dict(), component=COMPONENT, config=older)
+    loaded, _ = load_world(tmp_path / "older", head=head)
+    assert loaded.config.truncation_cutoff == world(head, "pixar").config.truncation_cutoff  # today's default
+    # a hand edit of a stored config is refused
+    save_world(tmp_path / "pixar", world(head, "pixar"))
+    info_file = tmp_path / "pixar" / "checkpoint.json"  # the config the loader reads (config.json is a copy)
+    edited = json.loads(info_file.read_text())
+    edited["config"]["style"]["saturation"] = 0.2
+    info_file.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match="edited by hand"):
+        load_world(tmp_path / "pixar", head=head)
+
+
 def test_stored_triplane_renders_to_the_rows_image(head, tmp_path):
     """What the VAE trainer renders from a stored fp16 triplane and the row's mesh is the row's image."""
     from train.vae.renderers import DomainRenderer
