@@ -36,7 +36,7 @@ def test_converts_release_wrapped_files(tmp_path, capsys):
 
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert main(["convert", "avatarartist", "--out", str(tmp_path / "o")]) == 1
-    assert "give --dit and/or --vae" in capsys.readouterr().err
+    assert "give --dit, --vae and/or --render" in capsys.readouterr().err
     assert main(["convert", "avatarartist", "--dit", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "o")]) == 1
     assert "file not found" in capsys.readouterr().err
     torch.save({"weights": torch.zeros(1)}, tmp_path / "odd.pth")

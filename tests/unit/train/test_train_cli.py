@@ -81,7 +81,8 @@ def test_relative_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     assert config.vae_checkpoint == str(tmp_path / "runs/vae/final") and config.generators == [str(tmp_path / "g")]
     assert config.train.tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert config.train.artifact_location() == (tmp_path / "runs" / "mlartifacts").as_uri()
-    vae = prepare_config(build_config(parse("vae", "--lpips-backbone", "w/alex.pth", "--storage", "s3://b/runs")))
+    vae = prepare_config(build_config(parse("vae", "--lpips-backbone", "w/alex.pth", "--storage", "s3://b/runs",
+                                            "--tracking-uri", "http://mlflow:5000")))  # no sqlite in a bucket
     assert vae.loss.lpips_backbone == str(tmp_path / "w/alex.pth") and vae.train.storage_path == "s3://b/runs"
 
 
