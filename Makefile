@@ -23,11 +23,12 @@ demo: $(STAMP)  ## the main job on the embedded default: world factory â†’ VAE â
 	$(BIN)/python -m avatar4d.pipeline.demo --data data --heldout data-heldout --runs runs --out outputs
 	$(BIN)/avatar4d demo --out outputs/world
 
-test: $(STAMP)  ## the whole test suite (unit + integration), CPU only
-	$(BIN)/python -m pytest tests -q
+test: $(STAMP)  ## the whole test suite (unit + integration), CPU only: unit tests on 2 processes, then integration in one
+	$(BIN)/python -m pytest tests/unit -q -n 2
+	$(BIN)/python -m pytest tests/integration -q
 
-test-unit: $(STAMP)  ## fast unit tests
-	$(BIN)/python -m pytest tests/unit -q
+test-unit: $(STAMP)  ## fast unit tests (2 processes; pytest-xdist)
+	$(BIN)/python -m pytest tests/unit -q -n 2
 
 test-integration: $(STAMP)  ## tests that start real Ray / DeepSpeed / Serve / MLflow
 	$(BIN)/python -m pytest tests/integration -q
