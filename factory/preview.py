@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from avatar4d.data.schema import MULTIVIEW, PAIRS, dataset_uri
 from avatar4d.errors import UserError
+from avatar4d.geometry.camera import DEFAULT_ORBIT_CENTER
 
 logger = logging.getLogger(__name__)
 
 PREVIEW_CELL = 160  # minimum pixels per image / plane in the contact sheet
 MAX_VIEWS = 8
-PIVOT = (0.0, 0.0, 0.2)
 
 
 def plane_channels_rgb(triplane: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,9 @@ def plane_channels_rgb(triplane: torch.Tensor) -> torch.Tensor:
 
 
 def camera_angles(label: list[float]) -> tuple[float, float]:
-    """(yaw, pitch) in degrees of a 25-d camera label (camera position relative to the pivot)."""
-    position = np.asarray(label[:16], dtype=np.float64).reshape(4, 4)[:3, 3] - np.asarray(PIVOT)
+    """(yaw, pitch) in degrees of a 25-d camera label: the camera's position relative to the orbit's
+    centre (EG3D's cameras orbit the world origin while they look at the pivot)."""
+    position = np.asarray(label[:16], dtype=np.float64).reshape(4, 4)[:3, 3] - np.asarray(DEFAULT_ORBIT_CENTER)
     radius = float(np.linalg.norm(position)) or 1.0
     return math.degrees(math.atan2(position[0], position[2])), math.degrees(math.asin(position[1] / radius))
 

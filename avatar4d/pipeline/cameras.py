@@ -2,7 +2,8 @@
 
 Angles are in degrees at the user's edge (``--camera 20,5``, the HTTP API) and radians inside, in
 the convention of :func:`avatar4d.geometry.camera.orbit_camera` (yaw turns the camera to the head's
-left for positive values, pitch raises it; radius 2.7 around the pivot (0, 0, 0.2)).
+left for positive values, pitch raises it; 2.7 from the world origin, looking at the pivot (0, 0, 0.2),
+as EG3D's ``LookAtPoseSampler``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Differentiable head-tracking cameras in the convention of :func:`avatar4d.geometry.camera.orbit_camera`.
 
-A tracked camera is an orbit camera (yaw, pitch, roll about the pivot, at the sampler's radius)
+A tracked camera is an orbit camera (yaw, pitch, roll on the sampler's orbit, looking at the pivot)
 followed by a translation ``t`` in the camera frame: ``world2cam = T(t) · world2cam_orbit``. A
 world render made with ``orbit_camera(yaw, pitch, roll)`` is reproduced with ``t = 0``, so fitted
 angles compare directly with the ground truth. Radius, pivot and field of view are read from
