@@ -65,9 +65,7 @@ from factory.pipeline import (
     STATE_DIR,
     ChunkResult,
     CommitEvent,
-    FactoryError,
     WorkerSlot,
-    commit_results,
     last_line,
     ray_session,
     run_lock,
@@ -76,6 +74,7 @@ from factory.pipeline import (
 from factory.ray_session import resolve_address
 from factory.scheduler import ChunkScheduler
 from factory.sink import LanceCommitter, open_dataset, stored_schema, write_fragments
+from factory.stage_runs import committed_chunk_ids, progress_bar, record_commit
 from factory.stages.encode import PAIRS_COLUMNS, EncodeConfig, EncodeStage
 
 logger = logging.getLogger(__name__)
@@ -235,7 +234,7 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
         if existing is not None and vae_sha is not None:
             _check_existing_vae(existing, vae_sha)
         chunks = plan_encode_chunks(pairs)
-        done = _committed(existing)
+        done = committed_chunk_ids(existing)
         summary = EncodeSummary(data=str(data), ray_address="", pairs_version=pairs.version,
                                 planned_chunks=len(chunks))
         if not [c for c in chunks if c.chunk_id not in done] and storage.exists(null_condition_uri(data)):
@@ -261,7 +260,7 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
         pending = [c for c in chunks if c.chunk_id not in done]
         summary.skipped_chunks = len(chunks) - len(pending)
         summary.startup_seconds = time.perf_counter() - started
-        with _progress_bar(chunks, done, progress) as bar:
+        with progress_bar(chunks, done, progress, desc="encode", unit="pair") as bar:
             if local:
                 _run_local(workers[0], pending, committer, summary, bar, on_commit)
             else:
@@ -269,12 +268,6 @@ def run_encode(config: EncodeRunConfig, *, address: str | None = None, local: bo
         summary.work_seconds = time.perf_counter() - started - summary.startup_seconds
         summary.orphans_removed += committer.cleanup_orphans()
         return _finish(summary, state, started)
-
-
-def _committed(dataset: Any) -> set[str]:
-    if dataset is None:
-        return set()
-    return set(dataset.to_table(columns=["chunk_id"]).column("chunk_id").unique().to_pylist())
 
 
 def _check_existing_vae(dataset: Any, vae_sha: str) -> None:
@@ -322,7 +315,7 @@ def _run_local(worker: EncodeWorker, pending: list[EncodeChunk], committer: Any,
                on_commit: Callable[[CommitEvent], None] | None) -> None:
     for chunk in pending:
         result = worker.run(chunk)
-        _record(committer, [(chunk, result)], summary, bar, on_commit, ["local"], {"local": 0})
+        record_commit(committer, ENCODED, [(chunk, result)], summary, bar, on_commit, ["local"], {"local": 0})
 
 
 def _schedule(config: EncodeRunConfig, slots: list[WorkerSlot], pending: list[EncodeChunk], committer: Any,
@@ -332,39 +325,11 @@ def _schedule(config: EncodeRunConfig, slots: list[WorkerSlot], pending: list[En
 
     def commit(items: list[tuple[EncodeChunk, ChunkResult]]) -> None:
         in_flight = {slot.name: slot.in_flight for slot in slots}
-        _record(committer, items, summary, bar, on_commit, [slot.name for slot in slots], in_flight)
+        record_commit(committer, ENCODED, items, summary, bar, on_commit, [slot.name for slot in slots], in_flight)
 
     scheduler = ChunkScheduler(slots, {ENCODED: iter(pending)}, on_finished=commit,
                                max_in_flight=config.max_in_flight_per_actor, max_attempts=config.max_chunk_attempts)
     summary.resubmitted_chunks += scheduler.run().resubmitted_chunks
-
-
-def _record(committer: Any, items: list[tuple[EncodeChunk, ChunkResult]], summary: EncodeSummary, bar: Any,
-            on_commit: Callable[[CommitEvent], None] | None, actor_names: list[str], in_flight: dict[str, int]) -> None:
-    for chunk, result in items:
-        if result.rows != chunk.rows:
-            raise FactoryError(f"chunk {chunk.chunk_id}: the stage made {result.rows} rows, expected {chunk.rows}")
-    rows = commit_results(committer, items)
-    summary.committed_chunks += len(items)
-    summary.rows_committed += rows
-    bar.update(sum(chunk.rows for chunk, _ in items))
-    if on_commit is not None:
-        on_commit(CommitEvent(ENCODED, [c.chunk_id for c, _ in items], rows, actor_names, in_flight))
-
-
-@contextlib.contextmanager
-def _progress_bar(chunks: list[EncodeChunk], done: set[str], enabled: bool) -> Any:
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    total = sum(c.rows for c in chunks)
-    initial = sum(c.rows for c in chunks if c.chunk_id in done)
-    with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=total, initial=initial, desc="encode", unit="pair", disable=not enabled,
-                                       dynamic_ncols=True))
-        if enabled:
-            stack.enter_context(logging_redirect_tqdm())
-        yield bar
 
 
 def _finish(summary: EncodeSummary, state: Path, started: float) -> EncodeSummary:

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ from avatar4d.config import Config, ConfigError
 from avatar4d.data.stylized_schema import META_IMAGE, SOURCE_COLUMNS, STYLIZED, check_source_schema, stylized_uri
 from avatar4d.errors import UserError
 from factory.inspect import write_json
-from factory.pipeline import STATE_DIR, ChunkResult, CommitEvent, FactoryError, WorkerSlot, commit_results, run_lock
+from factory.pipeline import STATE_DIR, ChunkResult, CommitEvent, WorkerSlot, run_lock
 from factory.ray_session import ray_session, resolve_address
+from factory.stage_runs import committed_chunk_ids, progress_bar, record_commit
 from factory.stages.stylize import StylizeConfig
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def run_stylize(config: StylizeRunConfig, *, address: str | None = None, local: 
         except UserError:
             raise UserError(f"another `factory stylize` is writing to {config.out}; wait for it to finish") from None
         existing = open_dataset(stylized_uri(config.out))
-        done = _committed(existing)
+        done = committed_chunk_ids(existing)
         pending = [chunk for chunk in chunks if chunk.chunk_id not in done]
         summary.skipped_chunks = len(chunks) - len(pending)
         if not pending:
@@ -233,9 +234,10 @@ def run_stylize(config: StylizeRunConfig, *, address: str | None = None, local: 
         committer = LanceCommitter(stylized_uri(config.out), schema)
         summary.orphans_removed += committer.cleanup_orphans()
         work_started = time.perf_counter()
-        with _progress_bar(chunks, done, progress) as bar:
+        with progress_bar(chunks, done, progress, desc="stylize", unit="image") as bar:
             def commit(items: list[tuple[StylizeChunk, ChunkResult]]) -> None:
-                _record(committer, items, summary, bar, on_commit, slots)
+                record_commit(committer, STYLIZED, items, summary, bar, on_commit, [s.name for s in slots],
+                              {s.name: s.in_flight for s in slots})
 
             if local:
                 for chunk in pending:
@@ -250,12 +252,6 @@ def run_stylize(config: StylizeRunConfig, *, address: str | None = None, local: 
         summary.work_seconds = time.perf_counter() - work_started
         summary.orphans_removed += committer.cleanup_orphans()
         return _finish(summary, state, started)
-
-
-def _committed(dataset: Any) -> set[str]:
-    if dataset is None:
-        return set()
-    return set(dataset.to_table(columns=["chunk_id"]).column("chunk_id").unique().to_pylist())
 
 
 def _start_actors(config: StylizeRunConfig, source_version: int) -> tuple[list[WorkerSlot], Any]:
@@ -273,31 +269,6 @@ def _start_actors(config: StylizeRunConfig, source_version: int) -> tuple[list[W
     described = wait_for_workers(slots)
     logger.info("%d stylize workers up (%s)", len(slots), "GPU" if use_gpus else "CPU")
     return slots, described[0]["schema"]
-
-
-def _record(committer: Any, items: list[tuple[StylizeChunk, ChunkResult]], summary: StylizeSummary, bar: Any,
-            on_commit: Callable[[CommitEvent], None] | None, slots: list[WorkerSlot]) -> None:
-    for chunk, result in items:
-        if result.rows != chunk.rows:
-            raise FactoryError(f"chunk {chunk.chunk_id}: the stage made {result.rows} rows, expected {chunk.rows}")
-    rows = commit_results(committer, items)
-    summary.committed_chunks += len(items)
-    summary.rows_committed += rows
-    bar.update(sum(chunk.rows for chunk, _ in items))
-    if on_commit is not None:
-        on_commit(CommitEvent(STYLIZED, [c.chunk_id for c, _ in items], rows, [s.name for s in slots],
-                              {s.name: s.in_flight for s in slots}))
-
-
-@contextlib.contextmanager
-def _progress_bar(chunks: list[StylizeChunk], done: set[str], enabled: bool) -> Iterator[Any]:
-    from tqdm import tqdm
-
-    total = sum(c.rows for c in chunks)
-    initial = sum(c.rows for c in chunks if c.chunk_id in done)
-    with tqdm(total=total, initial=initial, desc="stylize", unit="image", disable=not enabled,
-              dynamic_ncols=True) as bar:
-        yield bar
 
 
 def _finish(summary: StylizeSummary, state: Path, started: float) -> StylizeSummary:
