@@ -55,7 +55,7 @@ from avatar4d.models.superresolution import SuperresolutionHybrid8XDC
 from avatar4d.models.vae.config import TriplaneVAEConfig
 from avatar4d.models.vae.encoder import TriplaneEncoder
 from avatar4d.rendering.decoder import OSGDecoder
-from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, fill_holes, resize
+from avatar4d.rendering.parametric import FaceBox, ParametricTriplane, blend_into_frontal_plane, mouth_alphas, resize
 from avatar4d.rendering.renderer import TriplaneRenderer
 
 logger = logging.getLogger(__name__)
@@ -128,12 +128,7 @@ class MotionAwareRenderer(PretrainedMixin, nn.Module, component="motion_aware_re
         uv_grid, face_mask = (target_mesh if isinstance(target_mesh, tuple)
                               else self.rasterize(target_mesh))  # [B, r_f, r_f, 2], [B, 1, r_f, r_f]
         dtype = torch.promote_types(parametric_triplane.dtype, torch.float32)
-        full_alpha, holes = fill_holes(face_mask)
-        mouth = holes.clone()
-        top = round(cfg.mouth_hole_top_rows * self.face_box.resolution / 256)
-        if top > 0:  # rows run chin → forehead: the last rows are the eyes' side
-            mouth[..., mouth.shape[-2] - top:, :] = 0
-        cond_alpha = (face_mask + mouth).clamp(0, 1)
+        full_alpha, cond_alpha = mouth_alphas(face_mask, cfg.mouth_hole_top_rows)  # official: keeps the upper mouth
         sampled = resize(F.grid_sample(texture.to(dtype), uv_grid.to(dtype), mode="bilinear", padding_mode="zeros",
                                        align_corners=False), (r, r))  # [B, C, R, R]
         alpha = resize(face_mask, (r, r))
