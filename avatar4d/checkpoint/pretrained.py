@@ -90,7 +90,8 @@ def _load_plain(directory: Path, map_location: str | torch.device) -> tuple[dict
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {directory}")
     if not config_path.is_file() or not weights.is_file():
-        raise CheckpointError(f"{directory} is not a checkpoint (needs {WEIGHTS_FILE} and {CONFIG_FILE} or {INFO_FILE})")
+        raise CheckpointError(f"{directory} is not a checkpoint "
+                              f"(needs {WEIGHTS_FILE} and {CONFIG_FILE} or {INFO_FILE})")
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

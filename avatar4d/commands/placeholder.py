@@ -15,7 +15,8 @@ def register_placeholder(subparsers: argparse._SubParsersAction, name: str, desc
         description=f"{description} Its commands land with {lands_with}; until then this command says so.")
 
     def not_built(_: argparse.Namespace) -> int:
-        raise NotAvailableError(f"`avatar4d {name}` is not built yet: it lands with {lands_with} (see the README's roadmap)")
+        raise NotAvailableError(f"`avatar4d {name}` is not built yet: it lands with {lands_with} "
+                                "(see the README's roadmap)")
 
     parser.set_defaults(handler=not_built)
     return parser

@@ -61,7 +61,8 @@ def test_demo_writes_labelled_world_and_procedural_sheets(tmp_path):
         # cells are enlarged to >= 128 px (3 × 48) with labels on the left and on top
         assert sheet.shape[0] > rows * 144 and sheet.shape[1] > columns * 144, (name, sheet.shape)
         assert len(np.unique(sheet.reshape(-1, 3), axis=0)) > 300, f"{name} shows shaded heads, not a blank"
-    pixar, lego = (np.asarray(Image.open(tmp_path / f"world_{d}.png").convert("RGB")).astype(float) for d in ("pixar", "lego"))
+    pixar, lego = (np.asarray(Image.open(tmp_path / f"world_{d}.png").convert("RGB")).astype(float)
+                   for d in ("pixar", "lego"))
     assert np.abs(pixar - lego).mean() > 5, "domains have their own look"
     first = (tmp_path / "world_pixar.png").read_bytes()
     assert main(args) == 0  # deterministic: the same sheet again

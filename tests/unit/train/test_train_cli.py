@@ -113,5 +113,6 @@ def test_summary_line_names_paths_that_the_user_can_open(tmp_path, monkeypatch):
     result = TrainResult(run_dir=str(tmp_path / "runs" / "vae-tiny"), final_step=10, metrics={"loss": 0.5},
                          checkpoint=None, seconds=75.0, tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
                          experiment="avatar4d", model_uri="models:/m-1")
-    assert summary_line(result, config) == ("run vae-tiny: step 10, loss 0.5 in 1m15s; final model runs/vae-tiny/final; "
-                                            "MLflow sqlite:///runs/mlflow.db experiment avatar4d, model models:/m-1")
+    assert summary_line(result, config) == (
+        "run vae-tiny: step 10, loss 0.5 in 1m15s; final model runs/vae-tiny/final; "
+        "MLflow sqlite:///runs/mlflow.db experiment avatar4d, model models:/m-1")
