@@ -76,6 +76,7 @@ from factory.scheduler import ChunkScheduler
 from factory.sink import LanceCommitter, open_dataset, stored_schema, write_fragments
 from factory.stage_runs import committed_chunk_ids, progress_bar, record_commit
 from factory.stages.encode import PAIRS_COLUMNS, EncodeConfig, EncodeStage
+from factory.workers import actor_resources
 
 logger = logging.getLogger(__name__)
 
@@ -288,8 +289,7 @@ def _open_committer(data: str | Path, schema: Any) -> Any:
 
 def _start_actors(config: EncodeRunConfig, data: str,
                   pairs_version: int) -> tuple[list[WorkerSlot], list[dict[str, Any]]]:
-    use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
+    resources, use_gpus = actor_resources(config.num_cpus_per_actor, config.num_gpus_per_actor)
     threads = max(1, round(config.num_cpus_per_actor))
     worker_class = ray.remote(EncodeWorker)
     slots = []

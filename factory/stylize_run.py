@@ -255,10 +255,9 @@ def run_stylize(config: StylizeRunConfig, *, address: str | None = None, local: 
 
 
 def _start_actors(config: StylizeRunConfig, source_version: int) -> tuple[list[WorkerSlot], Any]:
-    from factory.workers import wait_for_workers
+    from factory.workers import actor_resources, wait_for_workers
 
-    use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
+    resources, use_gpus = actor_resources(config.num_cpus_per_actor, config.num_gpus_per_actor)
     worker_class = ray.remote(StylizeWorker)
     slots = []
     for index in range(config.num_actors):

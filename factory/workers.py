@@ -19,14 +19,20 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
+def actor_resources(num_cpus: float, num_gpus: float) -> tuple[dict[str, float], bool]:
+    """Ray ``.options`` resources of one stage actor, and whether it gets GPUs: ``num_gpus`` only
+    where the cluster has GPUs (a CPU-only cluster runs the same config on CPUs)."""
+    use_gpus = num_gpus > 0 and ray.cluster_resources().get("GPU", 0) > 0
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus if use_gpus else 0}, use_gpus
+
+
 def start_workers(worker: type, config: FactoryConfig, domains: list[Any], actor_nodes: dict[str, str]
                   ) -> tuple[list[WorkerSlot], dict[str, Any], dict[str, str | None]]:
     """Create ``actors_per_domain`` actors of class ``worker`` per domain (spread over the nodes),
     wait until every one loaded its stages, check that they agree on the schemas and, per domain,
     on the generator. Returns the slots, the schema of each table and each domain's generator
     sha256; fills ``actor_nodes`` (actor name → node id)."""
-    use_gpus = config.num_gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) > 0
-    resources = {"num_cpus": config.num_cpus_per_actor, "num_gpus": config.num_gpus_per_actor if use_gpus else 0}
+    resources, use_gpus = actor_resources(config.num_cpus_per_actor, config.num_gpus_per_actor)
     cache = config.generator_cache or config.default_generator_cache
     worker_class = ray.remote(worker)
     slots = []
