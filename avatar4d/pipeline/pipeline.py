@@ -68,8 +68,8 @@ class AvatarPipeline:
         self.device = pipeline_device(self.config)
         self.head = default_head_model().to(self.device)
         self.portrait = PortraitStage(checkpoints, self.config, self.head)
-        self.sampler = TriplaneSampler(checkpoints, self.config)
         self.encoders = ImageEncoders(checkpoints.encoders).to(self.device)
+        self.sampler = TriplaneSampler(checkpoints, self.config, self.encoders)
         self.frames = FrameStage(checkpoints, self.config, self.head)
         self.hashes = {**self.sampler.hashes, "encoders": self.encoders.weights_sha256,
                        "generator": self.frames.parametric.sha256}

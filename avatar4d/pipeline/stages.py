@@ -21,6 +21,7 @@ from torch import Tensor
 from avatar4d.checkpoint.io import read_checkpoint_info
 from avatar4d.diffusion import DiffusionConfig, SamplingConfig
 from avatar4d.diffusion.sampling import sample_latents
+from avatar4d.encoders import ImageEncoders
 from avatar4d.errors import UserError
 from avatar4d.geometry.camera import Camera, orbit_camera
 from avatar4d.geometry.morphable import FaceParams, MorphableModel, default_head_model
@@ -91,7 +92,10 @@ class PortraitStage:
 class TriplaneSampler:
     """DiT + VAE: image tokens → de-normalised parametric triplanes, each with its own seeded noise."""
 
-    def __init__(self, checkpoints: PipelineCheckpoints, config: PipelineConfig) -> None:
+    def __init__(self, checkpoints: PipelineCheckpoints, config: PipelineConfig,
+                 encoders: ImageEncoders | None = None) -> None:
+        """``encoders``: the caller's loaded image encoders, used only for a release-style DiT's null
+        condition (without them that DiT loads its own copy once)."""
         self.config = config
         self.device = pipeline_device(config)
         self.dit, dit_info = load_dit(checkpoints.dit, device=self.device)
@@ -104,7 +108,9 @@ class TriplaneSampler:
         self.diffusion = (DiffusionConfig.from_dict(trained["diffusion"]) if "diffusion" in trained
                           else DiffusionConfig())
         self.hashes = {"dit": dit_info.weights_sha256, "vae": vae_info.weights_sha256}
-        self.null_clip = self._zero_image_tokens(checkpoints) if self.dit.config.null_clip == "zero_image" else None
+        self.null_clip = (self._zero_image_tokens(encoders if encoders is not None
+                                                    else ImageEncoders(checkpoints.encoders))
+                          if self.dit.config.null_clip == "zero_image" else None)
         vae = self.vae.config
         self.latent_shape = (vae.embed_dim, vae.num_planes * vae.latent_resolution, vae.latent_resolution)
         dit_shape = (self.dit.config.in_channels, *self.dit.config.input_size)
@@ -112,12 +118,10 @@ class TriplaneSampler:
             raise UserError(f"the DiT ({checkpoints.dit}) denoises latents {list(dit_shape)}, the VAE "
                             f"({checkpoints.vae}) makes {list(self.latent_shape)}: they were not trained together")
 
-    def _zero_image_tokens(self, checkpoints: PipelineCheckpoints) -> Tensor:
-        """CLIP tokens [1, Tc, Dc] of an all-zero image: the released DiT's unconditional input. Computed once
-        here (the encoders are loaded for it and dropped) so every caller of :meth:`sample` guides alike."""
-        from avatar4d.encoders import ImageEncoders
-
-        encoders = ImageEncoders(checkpoints.encoders).to(self.device).eval()
+    def _zero_image_tokens(self, encoders: ImageEncoders) -> Tensor:
+        """CLIP tokens [1, Tc, Dc] of an all-zero image: the released DiT's unconditional input, computed once
+        here so every caller of :meth:`sample` guides alike."""
+        encoders = encoders.to(self.device).eval()
         with torch.no_grad():
             clip, _ = encoders.null_condition()
         return clip[None].float()
