@@ -7,8 +7,6 @@ stored weights are exactly what the config implies (a hand-edited config is refu
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from avatar4d.checkpoint import (
 )
 from avatar4d.geometry.morphable import MorphableModel
 from avatar4d.world.config import WorldConfig
-from avatar4d.world.generator import ProceduralWorldGenerator
+from avatar4d.world.generator import ProceduralWorldGenerator, config_digest
 
 COMPONENT = "procedural_world"
 
@@ -42,9 +40,7 @@ def load_world(directory: str | Path, *, head: MorphableModel | None = None,
     load_state_dict_strict(generator, state, what=f"world generator {directory}")
     # The digest hashes the config's JSON as it was saved. The config gains fields with defaults as the world
     # grows, so the check is against the stored JSON (a hand edit changes it), not a re-serialised config.
-    stored_text = json.dumps(info.config, indent=2, sort_keys=True)
-    if not torch.equal(state["config_digest"], torch.tensor(list(hashlib.sha256(stored_text.encode()).digest()),
-                                                            dtype=torch.uint8)):
+    if not torch.equal(state["config_digest"], config_digest(info.config)):
         raise CheckpointError(f"{directory}: config.json does not match its weights (config.json edited by hand?)")
     for name, tensor in expected.items():
         if name != "config_digest" and not torch.equal(tensor, state[name]):

@@ -26,6 +26,9 @@ the config, style included) makes every domain's checkpoint hash distinct.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +94,12 @@ class FixedUpsampler(nn.Module):
         return F.interpolate(rgb, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
 
 
-def config_digest(config: WorldConfig) -> Tensor:
-    """SHA-256 of the config's JSON as 32 uint8 values."""
-    return torch.tensor(list(hashlib.sha256(config.to_json().encode()).digest()), dtype=torch.uint8)
+def config_digest(config: WorldConfig | Mapping[str, Any]) -> Tensor:
+    """SHA-256 of the config's JSON (:meth:`Config.to_json`'s form; a mapping is a config as stored in a
+    checkpoint) as 32 uint8 values."""
+    data = config if isinstance(config, Mapping) else config.to_dict()
+    return torch.tensor(list(hashlib.sha256(json.dumps(data, indent=2, sort_keys=True).encode()).digest()),
+                        dtype=torch.uint8)
 
 
 class ProceduralWorldGenerator(nn.Module):
