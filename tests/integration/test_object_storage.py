@@ -253,8 +253,10 @@ def test_encode_on_s3_is_exactly_once_and_resumes(s3_pairs, s3_env, tmp_path, mo
     def crash(event):
         raise Crash(event.chunk_ids)
 
+    # one chunk in flight: when the first commit crashes the run, no second chunk has written a fragment yet, so the
+    # only orphan below is the planted one (with two in flight, a quiet machine finished a second fragment too)
     config = EncodeRunConfig(data=data, vae_checkpoint=vae, encode=EncodeConfig(batch_size=2, num_threads=1),
-                             num_cpus_per_actor=1.0)
+                             num_cpus_per_actor=1.0, max_in_flight_per_actor=1)
     with pytest.raises(Crash):
         run_encode(config, num_cpus=1, progress=False, on_commit=crash)
     assert len(_rows(encoded, "sample_id")) == 2
